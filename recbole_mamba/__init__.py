@@ -1,0 +1,30 @@
+"""recbole-mamba: Mamba-based sequential recommenders for RecBole.
+
+``import recbole_mamba`` applies the compatibility fixes for recbole 1.2.1 on today's stack
+(:mod:`recbole_mamba.compat`) and registers the models (:mod:`recbole_mamba.registry`), so that
+RecBole's own entry points find ``MambaRec``, ``MoEMaTrRec`` and ``MLSA4Rec`` by name.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+try:
+    import recbole  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "recbole_mamba needs recbole 1.2.1, installed without its pins: "
+        "`pip install --no-deps recbole==1.2.1` (see README, 'Why --no-deps')"
+    ) from exc
+
+from recbole_mamba import compat
+
+compat.apply()
+
+from recbole_mamba import registry  # noqa: E402
+
+registry.register()
+
+from recbole_mamba.models import MambaRec, MLSA4Rec, MoEMaTrRec  # noqa: E402
+
+__all__ = ["MambaRec", "MoEMaTrRec", "MLSA4Rec", "__version__"]

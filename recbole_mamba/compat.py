@@ -1,0 +1,337 @@
+"""The smallest set of fixes that makes recbole 1.2.1 correct on today's stack.
+
+Each fix is a named function, applied once by :func:`apply` (called by ``import recbole_mamba``)
+and each has a test in ``tests/test_compat.py`` that fails without it.
+
+* :func:`fix_numpy2_aliases` -- NumPy 2 removed ``np.float_``, ``np.complex_`` and
+  ``np.unicode_``; RecBole's ``Config.compatibility_settings`` reads them on every ``Config(...)``
+  and crashes with ``AttributeError`` before any model is built. We define the three aliases to
+  the types NumPy 1 gave them (nothing else is touched).
+* :func:`fix_pandas_copy_on_write` -- pandas 3 always uses copy-on-write, so RecBole's chained
+  ``df[col].fillna(..., inplace=True)`` silently does nothing: NaN stays in token/float features
+  (``Dataset._fill_nan``) and empty ``token_seq`` cells crash the loader (``Dataset._load_feat``).
+  We replace ``_fill_nan`` by the same logic written with assignments, and give
+  ``recbole.data.dataset.dataset`` a ``read_csv`` that fills empty ``*_seq`` cells with ``""``
+  right after reading (what the chained call meant to do).
+* :func:`fix_torch_safe_load` -- torch >= 2.6 loads with ``weights_only=True``; RecBole pickles
+  its whole ``Config`` (enums, ``torch.device``, the model class, the yaml loader class) into every
+  checkpoint with pickle protocol 4, so ``Trainer.evaluate(load_best_model=True)`` (the test step
+  of every ``run_recbole``), ``Trainer.resume_checkpoint`` and
+  ``quick_start.load_data_and_model`` fail. Those three reads (and only those) go through
+  :func:`load_recbole_checkpoint`, an allow-listing unpickler. ``torch.load`` itself is untouched:
+  no global ``weights_only=False``.
+* :func:`fix_ray_tune_report` -- RecBole's ``objective_function`` calls ``tune.report(**dict)``,
+  which Ray 2.x replaced by ``tune.report(dict)``; we translate the call.
+
+Known and left alone: ``Series.agg(len)`` in RecBole's normalisation/discretisation of
+``float_seq`` fields is wrong on pandas 3; none of the datasets or models of this package use
+``float_seq`` fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+_APPLIED = False
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- NumPy 2
+_NUMPY_ALIASES = {"float_": "float64", "complex_": "complex128", "unicode_": "str_"}
+
+
+def fix_numpy2_aliases() -> list[str]:
+    """Define the NumPy 1 aliases RecBole reads, where NumPy 2 removed them.
+
+    Returns the names that were added (empty on NumPy 1).
+    """
+    added = []
+    for alias, target in _NUMPY_ALIASES.items():
+        if alias not in np.__dict__:
+            setattr(np, alias, getattr(np, target))
+            added.append(alias)
+    return added
+
+
+# --------------------------------------------------------------------------- pandas 3
+def _fill_nan(self) -> None:
+    """``recbole.data.dataset.Dataset._fill_nan`` written without chained in-place calls.
+
+    Same behaviour as RecBole 1.2.1 on pandas < 3: token NaN -> 0 (``[PAD]``), float NaN -> the
+    column mean, missing sequences -> empty arrays.
+    """
+    from recbole.utils import FeatureType
+
+    for feat_name in self.feat_name_list:
+        feat = getattr(self, feat_name)
+        for field in feat:
+            ftype = self.field2type[field]
+            if ftype == FeatureType.TOKEN:
+                feat[field] = feat[field].fillna(value=0)
+            elif ftype == FeatureType.FLOAT:
+                feat[field] = feat[field].fillna(value=feat[field].mean())
+            else:
+                dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                feat[field] = feat[field].apply(
+                    lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
+                )
+
+
+class _PandasForRecBoleLoader:
+    """Stands in for ``pandas`` inside ``recbole.data.dataset.dataset`` only.
+
+    Every attribute is pandas' own, except ``read_csv``, which fills empty cells of
+    ``*_seq`` columns with ``""`` (RecBole's ``df[field].fillna(value="", inplace=True)`` that
+    copy-on-write turns into a no-op, leaving NaN that ``str.split`` then crashes on).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(pd, name)
+
+    @staticmethod
+    def read_csv(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        df = pd.read_csv(*args, **kwargs)
+        usecols = kwargs.get("usecols")
+        if usecols is not None:
+            for col in usecols:
+                if isinstance(col, str) and col.endswith("seq") and col in df.columns:
+                    df[col] = df[col].fillna("")
+        return df
+
+
+def fix_pandas_copy_on_write() -> None:
+    """Make RecBole's NaN handling effective under pandas' copy-on-write."""
+    import recbole.data.dataset.dataset as ds_mod
+
+    ds_mod.Dataset._fill_nan = _fill_nan
+    ds_mod.pd = _PandasForRecBoleLoader()
+
+
+# --------------------------------------------------------------------------- torch.load
+# RecBole saves checkpoints with ``pickle_protocol=4``, whose FRAME opcode torch's own
+# ``weights_only`` unpickler rejects ("Unsupported operand 149") whatever is allow-listed. So
+# RecBole's three checkpoint reads go through one narrow loader instead: a standard
+# ``pickle.Unpickler`` whose ``find_class`` resolves only torch's own weights-only allow-list,
+# ``torch.serialization.add_safe_globals`` entries, and the classes a RecBole Config holds.
+# Anything else in the file (e.g. ``os.system``) raises ``pickle.UnpicklingError``.
+
+_RECBOLE_ALLOWED: set[str] = set()
+
+
+def _recbole_checkpoint_globals() -> set[str]:
+    """Fully qualified names of the globals a RecBole 1.2.1 checkpoint pickles."""
+    from recbole.utils import enum_type
+
+    names = {
+        "recbole.config.configurator.Config",
+        "torch.device",
+        "yaml.loader.FullLoader",
+        "builtins.set",
+        "builtins.frozenset",
+        "collections.OrderedDict",
+        "numpy.dtype",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.ndarray",
+        "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_parameter",
+        "torch.storage.UntypedStorage",
+    }
+    for name in dir(enum_type):
+        obj = getattr(enum_type, name)
+        if isinstance(obj, type) and issubclass(obj, enum_type.Enum) and obj is not enum_type.Enum:
+            names.add(f"{obj.__module__}.{obj.__qualname__}")
+    for name in dir(np.dtypes):
+        if name.endswith("DType"):
+            names.add(f"numpy.dtypes.{name}")
+    return names
+
+
+def allow_model_class(cls: type) -> None:
+    """Allow a model class in RecBole checkpoints (its Config names the model class).
+
+    The registry calls this for our models and for every RecBole model it resolves.
+    """
+    _RECBOLE_ALLOWED.add(f"{cls.__module__}.{cls.__qualname__}")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only allow-listed globals."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        full = f"{module}.{name}"
+        if (
+            full in _RECBOLE_ALLOWED
+            or full in _get_allowed_globals()
+            or any(
+                f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}" == full
+                for g in torch.serialization.get_safe_globals()
+            )
+        ):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load global {full!r} from a checkpoint: it is not in recbole_mamba's "
+            "allow-list of what RecBole checkpoints hold. If you trust the file and it holds a "
+            "custom class, allow it with recbole_mamba.compat.allow_model_class(cls) or "
+            "torch.serialization.add_safe_globals([cls])."
+        )
+
+
+class _RestrictedPickleModule:
+    """A ``pickle_module`` for ``torch.load`` that uses :class:`RestrictedUnpickler`."""
+
+    Unpickler = RestrictedUnpickler
+    UnpicklingError = pickle.UnpicklingError
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(pickle, name)
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return RestrictedUnpickler(file, **kwargs).load()
+
+
+_RESTRICTED_PICKLE = _RestrictedPickleModule()
+
+
+def load_recbole_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict:
+    """Load a RecBole checkpoint (``{'config', 'state_dict', ...}``) safely.
+
+    ``weights_only`` cannot read RecBole's protocol-4 pickles, so this passes a restricted
+    unpickler (:class:`RestrictedUnpickler`) to ``torch.load`` instead: only allow-listed
+    globals are ever imported.
+    """
+    return torch.load(
+        path, map_location=map_location, weights_only=False, pickle_module=_RESTRICTED_PICKLE
+    )
+
+
+class _TorchForRecBoleTrainer:
+    """Stands in for ``torch`` inside ``recbole.trainer.trainer``: ``load`` is
+    :func:`load_recbole_checkpoint`, every other attribute is torch's own."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f: Any, map_location: Any = None, **_: Any) -> Any:
+        return load_recbole_checkpoint(f, map_location=map_location)
+
+
+def _load_data_and_model(model_file: str) -> tuple:
+    """``recbole.quick_start.load_data_and_model`` with the safe checkpoint loader.
+
+    Same steps and return value as RecBole 1.2.1's function.
+    """
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_logger, init_seed
+
+    checkpoint = load_recbole_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    log = logging.getLogger()
+    log.info(config)
+
+    dataset = create_dataset(config)
+    log.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data
+
+
+def fix_torch_safe_load() -> None:
+    """Route RecBole's checkpoint reads through :func:`load_recbole_checkpoint`."""
+    import recbole.quick_start as qs_pkg
+    import recbole.quick_start.quick_start as qs_mod
+    import recbole.trainer.trainer as trainer_mod
+
+    _RECBOLE_ALLOWED.update(_recbole_checkpoint_globals())
+    trainer_mod.torch = _TorchForRecBoleTrainer()
+    qs_mod.load_data_and_model = _load_data_and_model
+    qs_pkg.load_data_and_model = _load_data_and_model
+
+
+# --------------------------------------------------------------------------- Ray 2.x
+def _in_tune_session() -> bool:
+    """True inside a Ray Tune trial (``get_trial_id`` is None elsewhere)."""
+    import warnings
+
+    from ray import tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tune.get_context().get_trial_id() is not None
+
+
+class _TuneForRecBole:
+    """Stands in for ``ray.tune`` inside ``recbole.quick_start.quick_start``.
+
+    RecBole's ``objective_function`` ends with ``tune.report(**test_result)``; Ray 2.x's
+    ``tune.report`` takes one metrics dict, so that line raises ``TypeError`` inside a trial.
+    Here the keyword form is turned into the dict form inside a trial, and is a no-op outside one
+    (RecBole returns the same results from the function anyway).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        from ray import tune
+
+        return getattr(tune, name)
+
+    @staticmethod
+    def report(*args: Any, **kwargs: Any) -> None:
+        from ray import tune
+
+        if args:
+            tune.report(*args, **kwargs)
+            return
+        if _in_tune_session():
+            tune.report({k: float(v) if isinstance(v, (int, float, np.number)) else v
+                         for k, v in kwargs.items()})
+
+
+def fix_ray_tune_report() -> None:
+    """Make RecBole's ``objective_function`` run on Ray 2.x (in and out of a Tune trial)."""
+    import recbole.quick_start.quick_start as qs_mod
+
+    qs_mod.tune = _TuneForRecBole()
+
+
+# --------------------------------------------------------------------------- entry point
+def apply() -> None:
+    """Apply every fix once (idempotent). Called by ``import recbole_mamba``."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    fix_numpy2_aliases()
+    fix_pandas_copy_on_write()
+    fix_torch_safe_load()
+    fix_ray_tune_report()
+    _APPLIED = True
+
+
+__all__ = [
+    "apply",
+    "allow_model_class",
+    "fix_numpy2_aliases",
+    "fix_pandas_copy_on_write",
+    "fix_torch_safe_load",
+    "fix_ray_tune_report",
+    "load_recbole_checkpoint",
+    "RestrictedUnpickler",
+]

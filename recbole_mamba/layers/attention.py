@@ -1,0 +1,38 @@
+"""Causal multi-head self-attention (the attention branch of MoEMaTrRec)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position t attends to positions <= t only.
+
+    (batch, L, D) -> (batch, L, D), followed by ``LN(Dropout(out) + x)``. With RecBole's
+    right-padding, a causal mask is also a padding mask for every real position: the keys a real
+    position sees are all real.
+    """
+
+    def __init__(self, d_model: int, n_heads: int = 1, attn_dropout: float = 0.1,
+                 hidden_dropout: float = 0.1, layer_norm_eps: float = 1e-12) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"hidden_size ({d_model}) must be a multiple of n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.attn_dropout = attn_dropout
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.LayerNorm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, d_model = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        ctx = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        ctx = ctx.transpose(1, 2).reshape(batch, length, d_model)
+        return self.LayerNorm(self.dropout(self.out(ctx)) + x)

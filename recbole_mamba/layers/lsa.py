@@ -1,0 +1,152 @@
+"""Low-rank decomposed self-attention (LightSANs-style), as MLSA4Rec uses it.
+
+Keys and values are compressed from L positions to ``k_interests`` latent interests by a learned
+softmax pooling over positions (``ItemToInterestAggregation``); queries attend to the interests.
+Cost O(L * P * D), linear in L.
+
+Two switches keep the authors' form reachable:
+
+* ``causal`` (default ``True``): position t pools only positions <= t, so the output at t never
+  sees later items or padding (needed for all-position training and for a padded batch). With
+  ``False`` the pooling runs over all L positions, as the authors' code does (their last
+  position then sees padding, and in all-position training the future).
+* ``softmax_over``: ``"interests"`` (default; each query's weights over the P interests sum to 1,
+  as the MLSA4Rec paper writes it) or ``"positions"`` (the authors' code,
+  ``nn.Softmax(dim=-2)``: normalised over query positions, which mixes positions and is
+  therefore only available with ``causal=False``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class InterestPooling(nn.Module):
+    """Softmax pooling of L positions into P interests: (batch, L, D) -> (batch, [L,] P, D)."""
+
+    def __init__(self, d_model: int, k_interests: int) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.randn(d_model, k_interests))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """x (batch, L, D); mask (batch, L) True at real positions.
+
+        Non-causal: returns (batch, P, D), pooled over all (real, when masked) positions.
+        Causal: returns (batch, L, P, D), row t pooled over positions <= t.
+        """
+        logits = x @ self.theta  # (batch, L, P)
+        if mask is not None:
+            logits = logits.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        if not causal:
+            weights = torch.softmax(logits, dim=1)
+            return torch.einsum("blp,bld->bpd", weights, x)
+        w, norm = self._prefix(logits)
+        num = torch.cumsum(w.unsqueeze(-1) * x.unsqueeze(2), dim=1)  # (batch, L, P, D)
+        return num / norm.unsqueeze(-1)
+
+    @staticmethod
+    def _prefix(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised prefix-softmax weights w (batch, L, P) and normalisers (batch, L, P).
+
+        Shifted by the max over the (real) sequence for stability. The shift cancels exactly
+        between numerator and normaliser, so row t depends on positions <= t only (up to float
+        rounding); it underflows only if one sequence's logits span more than ~80, far outside
+        what LayerNorm'd inputs produce.
+        """
+        shift = logits.amax(dim=1, keepdim=True).detach()
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        w = torch.exp(logits - shift)  # 0 at padding
+        norm = torch.cumsum(w, dim=1).clamp_min(torch.finfo(w.dtype).tiny)
+        return w, norm
+
+    def prefix_weights(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (batch, L, D) -> (w, norm), both (batch, L, P): K'_t = sum_{s<=t} w_s x_s / norm_t."""
+        logits = x @ self.theta
+        if mask is not None:
+            logits = logits.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        return self._prefix(logits)
+
+
+class LowRankSelfAttention(nn.Module):
+    """MLSA4Rec's LSA block: (batch, L, D) -> LN(Dropout(ctx) + x), (batch, L, D)."""
+
+    def __init__(self, d_model: int, n_heads: int, k_interests: int, hidden_dropout: float = 0.1,
+                 attn_dropout: float = 0.1, layer_norm_eps: float = 1e-12, causal: bool = True,
+                 softmax_over: str = "interests") -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"hidden_size ({d_model}) must be a multiple of n_heads ({n_heads})")
+        if softmax_over not in ("interests", "positions"):
+            raise ValueError(f"lsa softmax_over must be 'interests' or 'positions', got {softmax_over!r}")
+        if causal and softmax_over == "positions":
+            raise ValueError(
+                "lsa softmax_over='positions' (the authors' code) normalises across query positions "
+                "and cannot be causal; set lsa_causal: False to use it"
+            )
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.causal = causal
+        self.softmax_over = softmax_over
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.value = nn.Linear(d_model, d_model)
+        self.pool_key = InterestPooling(d_model, k_interests)
+        self.pool_value = InterestPooling(d_model, k_interests)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.out_dropout = nn.Dropout(hidden_dropout)
+        self.LayerNorm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., H, D/H)."""
+        return t.reshape(*t.shape[:-1], self.n_heads, self.head_dim)
+
+    def _causal_by_prefix(self, q, key, value, mask, scale) -> torch.Tensor:
+        """Causal form with explicit prefix-pooled keys/values, (b, L, P, D) memory: for long L."""
+        k = self._heads(self.pool_key(key, mask, True))  # (b, L, P, H, dh)
+        v = self._heads(self.pool_value(value, mask, True))
+        scores = torch.einsum("blhd,blphd->blhp", q, k) * scale
+        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+        return torch.einsum("blhp,blphd->blhd", probs, v)
+
+    def _causal_by_pairs(self, q, key, value, mask, scale) -> torch.Tensor:
+        """The same result through (b, H, L, L) position pairs, never forming (b, L, P, D).
+
+        ``q_t . K'_{t,p} = sum_{s<=t} w_{s,p} (q_t . k_s) / norm_{t,p}``, and the context
+        ``sum_p prob_{t,p} V'_{t,p} = sum_{s<=t} (sum_p prob_{t,p} w_{s,p} / norm_{t,p}) v_s``;
+        cheaper than the prefix form while H * L < P * D (L up to ~160 at the defaults).
+        """
+        length = key.shape[1]
+        wk, nk = self.pool_key.prefix_weights(key, mask)  # (b, L, P) each
+        wv, nv = self.pool_value.prefix_weights(value, mask)
+        k = self._heads(key).transpose(1, 2)  # (b, H, L, dh)
+        v = self._heads(value).transpose(1, 2)
+        qh = q.transpose(1, 2)  # (b, H, L, dh)
+        causal = torch.ones(length, length, dtype=torch.bool, device=key.device).tril()
+        qk = (qh @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (b, H, L, L)
+        scores = (qk @ wk.unsqueeze(1)) / nk.unsqueeze(1) * scale  # (b, H, L, P)
+        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+        mix = ((probs / nv.unsqueeze(1)) @ wv.transpose(1, 2).unsqueeze(1)).masked_fill(~causal, 0.0)
+        return (mix @ v).transpose(1, 2)  # (b, L, H, dh)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (batch, L, D); mask (batch, L) True at real positions (None: all real)."""
+        q = self._heads(self.query(x))  # (b, L, H, dh)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if self.causal:
+            length = x.shape[1]
+            if length * self.n_heads <= self.pool_key.theta.shape[1] * x.shape[-1]:
+                ctx = self._causal_by_pairs(q, self.key(x), self.value(x), mask, scale)
+            else:
+                ctx = self._causal_by_prefix(q, self.key(x), self.value(x), mask, scale)
+        else:
+            k = self._heads(self.pool_key(self.key(x), mask, False))  # (b, P, H, dh)
+            v = self._heads(self.pool_value(self.value(x), mask, False))
+            scores = torch.einsum("blhd,bphd->blhp", q, k) * scale
+            dim = -1 if self.softmax_over == "interests" else 1
+            probs = self.attn_dropout(torch.softmax(scores, dim=dim))
+            ctx = torch.einsum("blhp,bphd->blhd", probs, v)
+        ctx = ctx.reshape(x.shape)
+        return self.LayerNorm(self.out_dropout(ctx) + x)

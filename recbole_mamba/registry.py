@@ -1,0 +1,169 @@
+"""Registration of our models into RecBole, and loading of our YAML property files.
+
+After :func:`register` (run by ``import recbole_mamba``):
+
+* ``recbole.utils.get_model`` -- and every RecBole module that imported it by name (the
+  ``Config``, ``quick_start``: ``run_recbole``, ``run_recboles``, ``objective_function``,
+  ``load_data_and_model``) -- finds our models by name. An unknown name raises a ``ValueError``
+  that lists the available models instead of RecBole's lightgbm ``ModuleNotFoundError``.
+* ``Config`` loads ``properties/model/<Model>.yaml`` for our models at the same place in its
+  order as RecBole's own model files (after ``overall.yaml``; RecBole's dataset and quick-start
+  files, then user config files, dicts and command-line flags override it), and
+  ``properties/dataset/<dataset>.yaml`` when we ship one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from pathlib import Path
+
+import recbole.utils
+import recbole.utils.utils as recbole_utils
+from recbole.config.configurator import Config
+
+from recbole_mamba import compat
+
+_MODELS: dict[str, type] = {}
+_ORIGINAL_GET_MODEL = recbole_utils.get_model
+_ORIGINAL_UPDATE = Config._update_internal_config_dict
+_ORIGINAL_SET_DEFAULTS = Config._set_default_parameters
+_RECBOLE_PROPERTIES = Path(recbole_utils.__file__).resolve().parent.parent / "properties"
+_REGISTERED = False
+
+
+def properties_dir() -> Path:
+    """Our ``properties/`` folder: inside the installed package, or at the source-tree root."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "properties", here.parent / "properties"):
+        if (candidate / "model").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"recbole_mamba's properties/ folder was not found next to {here}; reinstall the package"
+    )
+
+
+def model_properties_file(model: str) -> Path | None:
+    """``properties/model/<model>.yaml`` for one of our models, else ``None``."""
+    path = properties_dir() / "model" / f"{model}.yaml"
+    return path if model in _MODELS and path.is_file() else None
+
+
+def dataset_properties_file(dataset: str) -> Path | None:
+    """``properties/dataset/<dataset>.yaml`` if we ship one, else ``None``."""
+    path = properties_dir() / "dataset" / f"{dataset}.yaml"
+    return path if path.is_file() else None
+
+
+def register_model(cls: type) -> type:
+    """Make ``cls`` (a RecBole recommender class) findable by its class name."""
+    _MODELS[cls.__name__] = cls
+    compat.allow_model_class(cls)
+    return cls
+
+
+def registered_models() -> list[str]:
+    """Names of the models this package registered."""
+    return sorted(_MODELS)
+
+
+def recbole_models() -> list[str]:
+    """Names of RecBole's built-in models (those whose dependencies import here)."""
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    names = set()
+    for sub in ("general_recommender", "context_aware_recommender", "sequential_recommender",
+                "knowledge_aware_recommender"):
+        try:
+            mod = importlib.import_module(f"recbole.model.{sub}")
+        except ImportError:
+            continue
+        for name, obj in vars(mod).items():
+            if isinstance(obj, type) and issubclass(obj, AbstractRecommender) and obj.__module__.startswith(mod.__name__):
+                names.add(name)
+    return sorted(names)
+
+
+def get_model(model_name: str) -> type:
+    """RecBole's ``get_model`` that also knows our models and fails clearly on unknown names."""
+    if model_name in _MODELS:
+        return _MODELS[model_name]
+    try:
+        cls = _ORIGINAL_GET_MODEL(model_name)
+    except (ValueError, ImportError) as exc:
+        ours = registered_models()
+        theirs = recbole_models()
+        close = difflib.get_close_matches(model_name, ours + theirs, n=3, cutoff=0.6)
+        lower = [m for m in ours + theirs if m.lower() == str(model_name).lower()]
+        hint = f" Did you mean {', '.join(lower or close)}?" if (lower or close) else ""
+        raise ValueError(
+            f"Unknown model {model_name!r}.{hint}\n"
+            f"recbole_mamba models: {', '.join(ours)}\n"
+            f"RecBole models: {', '.join(theirs)}\n"
+            f"(RecBole's own lookup said: {type(exc).__name__}: {exc})"
+        ) from None
+    compat.allow_model_class(cls)
+    return cls
+
+
+def _update_internal_config_dict(self: Config, file: str) -> dict | None:
+    """``Config._update_internal_config_dict`` that slots our YAML files into RecBole's order."""
+    result = _ORIGINAL_UPDATE(self, file)
+    path = Path(file).resolve()
+    if path.parent.parent != _RECBOLE_PROPERTIES and path.parent != _RECBOLE_PROPERTIES:
+        return result
+    if path == _RECBOLE_PROPERTIES / "overall.yaml":
+        ours = model_properties_file(self.model)
+        if ours is not None:
+            _ORIGINAL_UPDATE(self, str(ours))
+    elif path.parent == _RECBOLE_PROPERTIES / "dataset":
+        builtin = _RECBOLE_PROPERTIES / "dataset" / f"{self.dataset}.yaml"
+        is_sample = path.name == "sample.yaml"
+        if (is_sample and not builtin.is_file()) or path == builtin:
+            ours = dataset_properties_file(self.dataset)
+            if ours is not None:
+                loaded = _ORIGINAL_UPDATE(self, str(ours)) or {}
+                self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+    return result
+
+
+def _set_default_parameters(self: Config) -> None:
+    """``Config._set_default_parameters`` that also knows our BCE loss.
+
+    RecBole derives ``MODEL_INPUT_TYPE`` from ``loss_type`` (CE: point-wise, BPR: pair-wise) and
+    leaves it unset for any other loss; BCE with one sampled negative is pair-wise input too.
+    """
+    _ORIGINAL_SET_DEFAULTS(self)
+    if self.model in _MODELS and self.final_config_dict.get("loss_type") == "BCE":
+        from recbole.utils import InputType
+
+        self.final_config_dict["MODEL_INPUT_TYPE"] = InputType.PAIRWISE
+
+
+def register() -> None:
+    """Register our models and patch RecBole's lookups (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    # Import every RecBole module that binds get_model by name, so we can rebind it.
+    import recbole.config.configurator  # noqa: F401
+    import recbole.quick_start.quick_start  # noqa: F401
+
+    from recbole_mamba.models import MambaRec, MLSA4Rec, MoEMaTrRec
+
+    for cls in (MambaRec, MoEMaTrRec, MLSA4Rec):
+        register_model(cls)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("recbole.") or name == "recbole":
+            if getattr(module, "get_model", None) is _ORIGINAL_GET_MODEL:
+                module.get_model = get_model
+    recbole.utils.get_model = get_model
+    Config._update_internal_config_dict = _update_internal_config_dict
+    Config._set_default_parameters = _set_default_parameters
+    _REGISTERED = True
+
+
+__all__ = ["register", "register_model", "registered_models", "recbole_models", "get_model",
+           "properties_dir", "model_properties_file", "dataset_properties_file"]
+

@@ -1,0 +1,74 @@
+"""Each compat fix, with a test that fails without it."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_mamba import compat
+
+
+def test_numpy2_aliases_let_recbole_config_build(in_tmp):
+    from recbole.config import Config
+
+    for alias in ("float_", "complex_", "unicode_"):
+        assert hasattr(np, alias)
+    cfg = Config(model="SASRec", dataset="ml-100k", config_dict={"train_neg_sample_args": None})
+    assert cfg["model"] == "SASRec"
+
+
+def test_pandas_fill_nan_leaves_no_nan(in_tmp, tmp_path):
+    """A token field, a float field and a token_seq field with missing cells."""
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    data = tmp_path / "data" / "nanset"
+    data.mkdir(parents=True)
+    (data / "nanset.inter").write_text(
+        "user_id:token\titem_id:token\tscore:float\ttag:token\n"
+        + "".join(f"u{u}\ti{(u * 7 + k) % 13}\t{'' if k == 2 else k * 0.5}\t{'' if k == 3 else 't'}\n"
+                  for u in range(6) for k in range(6))
+    )
+    (data / "nanset.item").write_text(
+        "item_id:token\tgenre:token_seq\n" + "".join(f"i{i}\t{'' if i % 4 == 0 else 'a b'}\n" for i in range(13))
+    )
+    cfg = Config(model="BPR", dataset="nanset", config_dict={
+        "data_path": str(tmp_path / "data"), "load_col": None, "checkpoint_dir": str(tmp_path),
+    })
+    ds = create_dataset(cfg)
+    inter = ds.inter_feat
+    assert not torch.isnan(inter["score"]).any()
+    mean = np.mean([k * 0.5 for k in range(6) if k != 2])
+    assert torch.isclose(inter["score"][2], torch.tensor(mean, dtype=inter["score"].dtype))
+    assert (inter["tag"] >= 0).all()
+    assert ds.item_feat["genre"].shape[0] == ds.item_num
+
+
+def test_restricted_loader_refuses_foreign_globals(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"config": Evil()}, path, pickle_protocol=4)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load global"):
+        compat.load_recbole_checkpoint(path)
+
+
+def test_torch_load_itself_is_untouched(tmp_path):
+    """No global weights_only=False: plain torch.load still refuses arbitrary globals."""
+    path = tmp_path / "x.pth"
+    torch.save({"d": io.BytesIO}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path)
+
+
+def test_objective_function_tune_report_outside_a_trial():
+    import recbole.quick_start.quick_start as qs
+
+    qs.tune.report(**{"ndcg@10": np.float64(0.1)})  # RecBole's call form: must not raise

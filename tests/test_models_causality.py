@@ -1,0 +1,104 @@
+"""Outputs at position t ignore later items and padding; the MoE gate is a real gate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset
+
+from recbole_mamba import MambaRec, MLSA4Rec, MoEMaTrRec
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    import os
+
+    os.chdir(tmp_path_factory.mktemp("causal"))
+    cfg = Config(model="MambaRec", dataset="ml-100k", config_dict=tiny_config(tmp_path_factory.mktemp("c")))
+    return create_dataset(cfg)
+
+
+def build(model_cls, dataset, **extra):
+    cfg = Config(model=model_cls.__name__, dataset="ml-100k",
+                 config_dict=tiny_config(dataset.config["checkpoint_dir"], MAX_ITEM_LIST_LENGTH=12, **extra))
+    torch.manual_seed(0)
+    return model_cls(cfg, dataset).eval()
+
+
+CASES = [
+    (MambaRec, {}),
+    (MambaRec, {"mamba_variant": "attention"}),
+    (MoEMaTrRec, {}),
+    (MLSA4Rec, {}),  # lsa_causal: True (default)
+    (MLSA4Rec, {"hidden_size": 48, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 12}),  # prefix form (L*H > P*D is false here too)
+]
+
+
+@pytest.mark.parametrize("model_cls,extra", CASES)
+def test_position_t_ignores_later_items_and_padding(dataset, model_cls, extra):
+    net = build(model_cls, dataset, **extra)
+    g = torch.Generator().manual_seed(3)
+    seq = torch.randint(1, dataset.item_num, (4, 12), generator=g)
+    lens = torch.tensor([12, 9, 5, 1])
+    for i, n in enumerate(lens):
+        seq[i, n:] = 0
+    with torch.no_grad():
+        base = net.encode(seq, lens)
+        for t in (0, 3, 7):
+            changed = seq.clone()
+            for i, n in enumerate(lens):
+                if t + 1 < n:
+                    changed[i, t + 1 : n] = torch.randint(1, dataset.item_num, (int(n) - t - 1,), generator=g)
+            out = net.encode(changed, lens)
+            torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], atol=1e-5, rtol=1e-5)
+        # longer padding (more zeros after the end) changes nothing at real positions
+        padded = torch.cat([seq, torch.zeros(4, 0, dtype=seq.dtype)], dim=1)
+        torch.testing.assert_close(net.forward(padded, lens), net.forward(seq, lens))
+
+
+def test_mlsa4rec_prefix_and_pair_forms_agree(dataset):
+    net = build(MLSA4Rec, dataset)
+    lsa = net.interaction.lsa
+    x = torch.randn(3, 12, 16)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 7:] = False
+    q = lsa._heads(lsa.query(x))
+    a = lsa._causal_by_pairs(q, lsa.key(x), lsa.value(x), mask, 0.5)
+    b = lsa._causal_by_prefix(q, lsa.key(x), lsa.value(x), mask, 0.5)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_authors_non_causal_form_sees_the_future(dataset):
+    net = build(MLSA4Rec, dataset, lsa_causal=False, lsa_mask_padding=False, lsa_softmax_over="positions")
+    seq = torch.randint(1, dataset.item_num, (2, 12))
+    lens = torch.tensor([12, 12])
+    changed = seq.clone()
+    changed[:, 8:] = torch.randint(1, dataset.item_num, (2, 4))
+    with torch.no_grad():
+        assert not torch.allclose(net.encode(seq, lens)[:, :3], net.encode(changed, lens)[:, :3])
+
+
+def test_positions_softmax_requires_non_causal(dataset):
+    with pytest.raises(ValueError, match="cannot be causal"):
+        build(MLSA4Rec, dataset, lsa_softmax_over="positions")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_moe_gate_in_unit_interval_and_reacts(dataset, causal):
+    net = build(MoEMaTrRec, dataset, gate_causal=causal)
+    layer = net.layers[0]
+    x = torch.randn(3, 12, 16)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    g1 = layer.gate_values(x, mask)
+    g2 = layer.gate_values(x + 3.0 * torch.randn(3, 12, 16), mask)
+    assert ((g1 > 0) & (g1 < 1)).all()
+    assert g1.shape == ((3, 12, 1) if causal else (3, 1, 1))
+    assert (g1 - g2).abs().max() > 1e-3
+    # gradient reaches the gate
+    seq = torch.randint(1, dataset.item_num, (2, 12))
+    net.train()
+    net.forward(seq, torch.tensor([12, 6])).sum().backward()
+    assert layer.gate.weight.grad.abs().sum() > 0

@@ -1,0 +1,138 @@
+"""The fused CPU selective scan against an independent reference, gradients, errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from recbole_mamba.ops import resolve_backend, selective_scan_cpu, selective_scan_fn, selective_scan_ref
+
+
+def paper_recurrence(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The Mamba paper's recurrence, element by element in float64: the test's own reference."""
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    nb, nd, length = u.shape
+    nstate = A.shape[1]
+    out = torch.zeros(nb, nd, length, dtype=torch.float64)
+    last = torch.zeros(nb, nd, nstate, dtype=torch.float64)
+    for b in range(nb):
+        for d in range(nd):
+            h = torch.zeros(nstate, dtype=torch.float64)
+            for t in range(length):
+                dt = delta[b, d, t] + (delta_bias[d].double() if delta_bias is not None else 0.0)
+                if delta_softplus:
+                    dt = torch.log1p(torch.exp(dt))
+                h = torch.exp(dt * A[d]) * h + dt * B[b, :, t] * u[b, d, t]
+                y = (h * C[b, :, t]).sum()
+                if D is not None:
+                    y = y + D[d].double() * u[b, d, t]
+                if z is not None:
+                    zt = z[b, d, t].double()
+                    y = y * zt * torch.sigmoid(zt)
+                out[b, d, t] = y
+            last[b, d] = h
+    return out, last
+
+
+def make_inputs(nb=2, nd=3, nstate=4, length=70, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    return dict(
+        u=r(nb, nd, length), delta=0.5 * r(nb, nd, length),
+        A=-torch.rand(nd, nstate, generator=g, dtype=dtype) * 2 - 0.1,
+        B=r(nb, nstate, length), C=r(nb, nstate, length), D=r(nd), z=r(nb, nd, length),
+        delta_bias=0.3 * r(nd),
+    )
+
+
+@pytest.mark.parametrize("use_d,use_z,use_bias,softplus",
+                         list(itertools.product([False, True], repeat=4)))
+def test_forward_matches_paper_recurrence(use_d, use_z, use_bias, softplus):
+    x = make_inputs(length=70)  # crosses a chunk boundary (64)
+    kw = dict(D=x["D"] if use_d else None, z=x["z"] if use_z else None,
+              delta_bias=x["delta_bias"] if use_bias else None, delta_softplus=softplus)
+    out, last = selective_scan_cpu(x["u"], x["delta"], x["A"], x["B"], x["C"], return_last_state=True, **kw)
+    ref_out, ref_last = paper_recurrence(x["u"], x["delta"], x["A"], x["B"], x["C"], **kw)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last.double(), ref_last, atol=1e-5, rtol=1e-5)
+
+
+def test_all_gradients_match_reference_float32():
+    x = make_inputs(nb=4, nd=8, nstate=16, length=150, seed=1)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    leaves_ref = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out = selective_scan_cpu(**leaves, delta_softplus=True)
+    ref = selective_scan_ref(**leaves_ref, delta_softplus=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    (out * grad).sum().backward()
+    (ref * grad).sum().backward()
+    for k in x:
+        # dA sums over batch*L terms: compare relative to its scale
+        scale = max(1.0, leaves_ref[k].grad.abs().max().item())
+        err = (leaves[k].grad - leaves_ref[k].grad).abs().max().item() / scale
+        assert err < 1e-5, (k, err)
+
+
+def test_gradcheck_float64_all_arguments():
+    x = make_inputs(nb=2, nd=2, nstate=3, length=9, dtype=torch.float64, seed=2)
+    args = [x[k].clone().requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+    def f(u, delta, A, B, C, D, z, bias):
+        out, last = selective_scan_cpu(u, delta, A, B, C, D, z, bias, True, True)
+        return out, last
+
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_float64_minimal_and_long_chunks():
+    x = make_inputs(nb=1, nd=2, nstate=2, length=130, dtype=torch.float64, seed=3)
+    args = [x[k].clone().requires_grad_() for k in ("u", "delta", "A", "B", "C")]
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_cpu(*a), args, eps=1e-6, atol=1e-6)
+
+
+def test_non_contiguous_inputs():
+    x = make_inputs(nb=2, nd=4, nstate=4, length=20)
+    u_t = x["u"].transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    assert not u_t.is_contiguous()
+    B_nc = x["B"].transpose(1, 2).contiguous().transpose(1, 2)
+    a = selective_scan_cpu(u_t, x["delta"], x["A"], B_nc, x["C"], x["D"], x["z"])
+    b = selective_scan_cpu(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"])
+    torch.testing.assert_close(a, b)
+
+
+def test_nan_propagates():
+    x = make_inputs(nb=1, nd=2, nstate=4, length=5)
+    x["u"][0, 0, 2] = float("nan")
+    out = selective_scan_cpu(x["u"], x["delta"], x["A"], x["B"], x["C"])
+    assert torch.isnan(out[0, 0, 2:]).all() and torch.isfinite(out[0, 1]).all()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(u=torch.zeros(2, 3)), "u must be"),
+    (dict(A=torch.zeros(5, 4)), "A must be"),
+    (dict(B=torch.zeros(2, 4, 7)), "B must have shape"),
+    (dict(D=torch.zeros(4)), "D must have shape"),
+    (dict(u=torch.zeros(2, 3, 70, dtype=torch.int64)), "dtype"),
+])
+def test_bad_inputs_are_rejected(bad, match):
+    x = make_inputs()
+    x.update(bad)
+    with pytest.raises(ValueError, match=match):
+        selective_scan_cpu(**x)
+
+
+def test_dispatch_rules():
+    cpu = torch.device("cpu")
+    assert resolve_backend("auto", cpu) == "cpu"
+    assert resolve_backend("reference", cpu) == "reference"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        resolve_backend("mamba_ssm", cpu)
+    with pytest.raises(ValueError, match="unknown mamba_backend"):
+        resolve_backend("fast", cpu)
+    x = make_inputs(length=12)
+    torch.testing.assert_close(selective_scan_fn(**x, backend="reference"),
+                               selective_scan_fn(**x, backend="cpu"), atol=1e-5, rtol=1e-5)

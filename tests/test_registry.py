@@ -1,0 +1,76 @@
+"""Registration through RecBole's own entry points, YAML defaults and overrides, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from recbole.config import Config
+
+from recbole_mamba import MambaRec, MLSA4Rec, MoEMaTrRec
+from recbole_mamba.registry import registered_models
+
+from conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_get_model_everywhere_recbole_looks():
+    import recbole.config.configurator as configurator
+    import recbole.quick_start.quick_start as qs
+    import recbole.utils as ru
+
+    for get_model in (ru.get_model, configurator.get_model, qs.get_model):
+        assert get_model("MambaRec") is MambaRec
+        assert get_model("MoEMaTrRec") is MoEMaTrRec
+        assert get_model("MLSA4Rec") is MLSA4Rec
+    assert ru.get_model("SASRec").__name__ == "SASRec"  # built-ins unchanged
+    assert registered_models() == ["MLSA4Rec", "MambaRec", "MoEMaTrRec"]
+
+
+def test_unknown_model_lists_available_models():
+    import recbole.utils as ru
+
+    with pytest.raises(ValueError) as err:
+        ru.get_model("MambaRek")
+    msg = str(err.value)
+    assert "Unknown model 'MambaRek'" in msg and "Did you mean MambaRec" in msg
+    assert "MLSA4Rec" in msg and "SASRec" in msg
+    assert "lightgbm" not in msg.split("RecBole's own lookup")[0]
+
+
+def test_yaml_defaults_loaded_and_overridable(in_tmp):
+    cfg = Config(model="MLSA4Rec", dataset="ml-100k")
+    assert cfg["k_interests"] == 20 and cfg["n_heads"] == 8 and cfg["d_state"] == 32
+    assert cfg["loss_type"] == "CE" and cfg["train_neg_sample_args"] is None
+    assert cfg["MAX_ITEM_LIST_LENGTH"] == 50
+    cfg = Config(model="MLSA4Rec", dataset="ml-100k", config_dict={"k_interests": 7})
+    assert cfg["k_interests"] == 7
+    yaml_file = in_tmp / "user.yaml"
+    yaml_file.write_text("d_state: 12\n")
+    cfg = Config(model="MambaRec", dataset="ml-100k", config_file_list=[str(yaml_file)])
+    assert cfg["d_state"] == 12 and cfg["mamba_variant"] == "block"
+    # RecBole's quick-start sequential settings still apply after our model file
+    assert cfg["eval_args"]["order"] == "TO"
+
+
+def test_run_recbole_script_flags_and_unknown_model(in_tmp):
+    bad = subprocess.run([sys.executable, str(ROOT / "run_recbole.py"), "--model=Nope", "--dataset=ml-100k"],
+                         capture_output=True, text=True, cwd=in_tmp, timeout=300)
+    assert bad.returncode != 0 and "Unknown model 'Nope'" in bad.stderr
+    missing = subprocess.run([sys.executable, str(ROOT / "run_recbole.py"), "--model=MambaRec",
+                              "--dataset=ml-1m", f"--data_path={in_tmp}/nowhere"],
+                             capture_output=True, text=True, cwd=in_tmp, timeout=300)
+    assert missing.returncode != 0 and "dataset_prep.movielens" in missing.stderr
+
+
+@pytest.mark.slow
+def test_objective_function_and_run_recboles(in_tmp):
+    from recbole.quick_start import objective_function, run_recboles
+
+    cfg = tiny_config(in_tmp, model="MambaRec", dataset="ml-100k")
+    res = objective_function(config_dict=cfg, saved=False)
+    assert res["model"] == "MambaRec" and "ndcg@10" in res["test_result"]
+    run_recboles(0, "MoEMaTrRec", "ml-100k", None, {"config_dict": tiny_config(in_tmp), "saved": False})
