@@ -12,7 +12,9 @@ and each has a test in ``tests/test_compat.py`` that fails without it.
   (``Dataset._fill_nan``) and empty ``token_seq`` cells crash the loader (``Dataset._load_feat``).
   We replace ``_fill_nan`` by the same logic written with assignments, and give
   ``recbole.data.dataset.dataset`` a ``read_csv`` that fills empty ``*_seq`` cells with ``""``
-  right after reading (what the chained call meant to do).
+  right after reading (what the chained call meant to do). ``Dataset._remap`` also used
+  ``Series.agg(len)``, which on pandas 3 is the row count rather than each row's length, so
+  every ``token_seq`` field was split wrongly; it is replaced by the same code with ``map(len)``.
 * :func:`fix_torch_safe_load` -- torch >= 2.6 loads with ``weights_only=True``; RecBole pickles
   its whole ``Config`` (enums, ``torch.device``, the model class, the yaml loader class) into every
   checkpoint with pickle protocol 4, so ``Trainer.evaluate(load_best_model=True)`` (the test step
@@ -24,8 +26,8 @@ and each has a test in ``tests/test_compat.py`` that fails without it.
   which Ray 2.x replaced by ``tune.report(dict)``; we translate the call.
 
 Known and left alone: ``Series.agg(len)`` in RecBole's normalisation/discretisation of
-``float_seq`` fields is wrong on pandas 3; none of the datasets or models of this package use
-``float_seq`` fields.
+``float_seq`` fields is also wrong on pandas 3; none of the datasets or models of this package
+use ``float_seq`` fields.
 """
 
 from __future__ import annotations
@@ -84,6 +86,41 @@ def _fill_nan(self) -> None:
                 )
 
 
+def _object_column(arrays: list, index: pd.Index) -> pd.Series:
+    """A column holding one NumPy array per row (never expanded into 2-D by pandas)."""
+    col = pd.Series([None] * len(arrays), index=index, dtype=object)
+    for i, arr in enumerate(arrays):
+        col.iat[i] = arr
+    return col
+
+
+def _remap(self, remap_list: list) -> None:
+    """``Dataset._remap`` with per-row lengths taken by ``Series.map(len)``.
+
+    RecBole's ``feat[field].agg(len)`` returns the number of rows on pandas 3 (not the length of
+    each row's token sequence), so every ``token_seq`` field is split at the wrong points.
+    Same behaviour as RecBole 1.2.1 on pandas < 3.
+    """
+    from recbole.utils import FeatureType
+
+    if len(remap_list) == 0:
+        return
+    tokens, split_point = self._concat_remaped_tokens(remap_list)
+    new_ids_list, mp = pd.factorize(tokens)
+    new_ids_list = np.split(new_ids_list + 1, split_point)
+    mp = np.array(["[PAD]"] + list(mp))
+    token_id = {t: i for i, t in enumerate(mp)}
+    for (feat, field, ftype), new_ids in zip(remap_list, new_ids_list):
+        if field not in self.field2id_token:
+            self.field2id_token[field] = mp
+            self.field2token_id[field] = token_id
+        if ftype == FeatureType.TOKEN:
+            feat[field] = new_ids
+        elif ftype == FeatureType.TOKEN_SEQ:
+            split_point = np.cumsum(feat[field].map(len).to_numpy())[:-1]
+            feat[field] = _object_column(np.split(new_ids, split_point), feat.index)
+
+
 class _PandasForRecBoleLoader:
     """Stands in for ``pandas`` inside ``recbole.data.dataset.dataset`` only.
 
@@ -111,6 +148,7 @@ def fix_pandas_copy_on_write() -> None:
     import recbole.data.dataset.dataset as ds_mod
 
     ds_mod.Dataset._fill_nan = _fill_nan
+    ds_mod.Dataset._remap = _remap
     ds_mod.pd = _PandasForRecBoleLoader()
 
 

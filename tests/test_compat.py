@@ -41,12 +41,20 @@ def test_pandas_fill_nan_leaves_no_nan(in_tmp, tmp_path):
         "data_path": str(tmp_path / "data"), "load_col": None, "checkpoint_dir": str(tmp_path),
     })
     ds = create_dataset(cfg)
+    ds._change_feat_format()  # DataFrames -> Interaction tensors, as data_preparation does
     inter = ds.inter_feat
     assert not torch.isnan(inter["score"]).any()
     mean = np.mean([k * 0.5 for k in range(6) if k != 2])
     assert torch.isclose(inter["score"][2], torch.tensor(mean, dtype=inter["score"].dtype))
     assert (inter["tag"] >= 0).all()
-    assert ds.item_feat["genre"].shape[0] == ds.item_num
+    genre = ds.item_feat["genre"]  # token_seq: padded (n_items, max_len) ids, per-row lengths kept
+    assert genre.shape[0] == ds.item_num
+    ids = {ds.id2token("genre", int(g)) for g in genre.flatten() if g > 0}
+    assert ids == {"a", "b"}
+    n_genres = (genre > 0).sum(1)
+    item_tokens = ds.id2token(ds.iid_field, torch.arange(1, ds.item_num))
+    for tok, n in zip(item_tokens, n_genres[1:]):
+        assert int(n) == (0 if int(tok[1:]) % 4 == 0 else 2), tok
 
 
 def test_restricted_loader_refuses_foreign_globals(tmp_path):
