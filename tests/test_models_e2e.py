@@ -30,8 +30,8 @@ def test_train_evaluate_reload(in_tmp, model, extra):
     assert len(ckpt) == 1
     config, net, dataset, train_data, valid_data, test_data = load_data_and_model(ckpt[0])
     assert type(net).__name__ == model
-    state = torch.load  # noqa: F841  (the reload above went through the restricted loader)
-    uid_series = dataset.token2id(dataset.uid_field, ["1", "2", "3"])
+    tokens = list(dataset.field2id_token[dataset.uid_field][1:4])  # three real users
+    uid_series = dataset.token2id(dataset.uid_field, tokens)
     scores, items = full_sort_topk(uid_series, net, test_data, k=10, device=config["device"])
     assert items.shape == (3, 10) and torch.isfinite(scores).all()
 
