@@ -145,3 +145,15 @@ def test_dispatch_rules():
     x = make_inputs(length=12)
     torch.testing.assert_close(selective_scan_fn(**x, backend="reference"),
                                selective_scan_fn(**x, backend="cpu"), atol=1e-5, rtol=1e-5)
+
+
+def test_scan_benchmark_runs_and_reports(capsys):
+    from recbole_mamba.bench.scan import main
+
+    main(["--lengths", "20,40", "--batch", "2", "--dim", "4", "--state", "4", "--repeats", "1",
+          "--skip-reference-above", "20"])
+    out = capsys.readouterr().out.splitlines()
+    row20 = next(line for line in out if line.split()[0] == "20")
+    row40 = next(line for line in out if line.split()[0] == "40")
+    assert row20.split()[3].endswith("x") and float(row20.split()[-1]) < 1e-4
+    assert "skipped" in row40
