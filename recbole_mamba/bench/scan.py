@@ -5,8 +5,9 @@
 
 Prints, per L: forward+backward time of each, the speed-up, throughput in B*L*D*N elements per
 second, and the max difference of outputs and gradients (gradients relative to their largest
-value). Peak memory is not measured yet (see the README). The reference stores every step for autograd and takes minutes at long L;
-``--skip-reference-above`` leaves it out there (and says so) to keep the run short.
+value). Peak memory is not measured yet (see the README). The reference stores every step for
+autograd and takes minutes at long L; ``--skip-reference-above`` leaves it out there (and says
+so) to keep the run short.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ def _run(fn, base: list[torch.Tensor], grad_out: torch.Tensor):
     return out.detach(), [a.grad for a in args]
 
 
-def _time(fn, base, grad_out, repeats: int) -> float:
+def _time(fn, base, grad_out, repeats: int):
+    """Best forward+backward time over ``repeats`` runs, and the last run's (out, grads)."""
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _run(fn, base, grad_out)
+        result = _run(fn, base, grad_out)
         best = min(best, time.perf_counter() - t0)
-    return best
+    return best, result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,12 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     for length in (int(x) for x in args.lengths.split(",")):
         base = _inputs(args.batch, args.dim, args.state, length)
         grad_out = torch.randn(args.batch, args.dim, length)
-        ours_t = _time(selective_scan_cpu, base, grad_out, args.repeats)
+        ours_t, (out_a, grads_a) = _time(selective_scan_cpu, base, grad_out, args.repeats)
         elems = args.batch * length * args.dim * args.state
         if length <= args.skip_reference_above:
-            ref_t = _time(selective_scan_ref, base, grad_out, 1)
-            out_a, grads_a = _run(selective_scan_cpu, base, grad_out)
-            out_b, grads_b = _run(selective_scan_ref, base, grad_out)
+            ref_t, (out_b, grads_b) = _time(selective_scan_ref, base, grad_out, 1)
             diff = max([(out_a - out_b).abs().max().item()]
                        + [((ga - gb).abs().max() / gb.abs().max().clamp_min(1.0)).item()
                           for ga, gb in zip(grads_a, grads_b)])
