@@ -10,7 +10,8 @@ import os
 import sys
 
 PREP_COMMANDS = {
-    "ml-1m": "python -m dataset_prep.movielens --input /path/to/ml-1m --output-dir dataset/ml-1m",
+    "ml-1m": "python -m dataset_prep.movielens --input /path/to/ml-1m --output-dir dataset/ml-1m"
+             "   (a folder with ratings.dat, or a one-user-per-line sequence file; see README, 'Datasets')",
 }
 
 

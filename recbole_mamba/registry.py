@@ -63,6 +63,16 @@ def register_model(cls: type) -> type:
     return cls
 
 
+def register_dataset(model_name: str, dataset_cls: type) -> None:
+    """Make RecBole's ``create_dataset`` build ``dataset_cls`` for ``model_name``.
+
+    RecBole looks up ``recbole.data.dataset.<model>Dataset`` before its default classes.
+    """
+    import recbole.data.dataset as dataset_module
+
+    setattr(dataset_module, f"{model_name}Dataset", dataset_cls)
+
+
 def registered_models() -> list[str]:
     """Names of the models this package registered."""
     return sorted(_MODELS)
@@ -150,10 +160,12 @@ def register() -> None:
     import recbole.config.configurator  # noqa: F401
     import recbole.quick_start.quick_start  # noqa: F401
 
+    from recbole_mamba.data import LazySequentialDataset
     from recbole_mamba.models import MambaRec, MLSA4Rec, MoEMaTrRec
 
     for cls in (MambaRec, MoEMaTrRec, MLSA4Rec):
         register_model(cls)
+        register_dataset(cls.__name__, LazySequentialDataset)
     for name, module in list(sys.modules.items()):
         if name.startswith("recbole.") or name == "recbole":
             if getattr(module, "get_model", None) is _ORIGINAL_GET_MODEL:
@@ -164,6 +176,6 @@ def register() -> None:
     _REGISTERED = True
 
 
-__all__ = ["register", "register_model", "registered_models", "recbole_models", "get_model",
+__all__ = ["register", "register_model", "register_dataset", "registered_models", "recbole_models", "get_model",
            "properties_dir", "model_properties_file", "dataset_properties_file"]
 

@@ -15,10 +15,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("model,extra", [
-    ("MambaRec", {}),
-    ("MambaRec", {"mamba_variant": "attention", "loss_type": "CE", "train_neg_sample_args": None}),
+    ("MambaRec", {}),  # shipped YAML: BCE, all_positions
+    ("MambaRec", {"mamba_variant": "attention", "loss_type": "CE", "train_neg_sample_args": None,
+                  "train_mode": "augment"}),
     ("MoEMaTrRec", {"loss_type": "BPR"}),
-    ("MLSA4Rec", {}),
+    ("MLSA4Rec", {}),  # shipped YAML: CE, augment
+    ("MLSA4Rec", {"train_mode": "all_positions", "train_windows": "last"}),
 ])
 def test_train_evaluate_reload(in_tmp, model, extra):
     cfg = tiny_config(in_tmp, **extra)

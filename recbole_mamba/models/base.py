@@ -13,6 +13,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
+from recbole_mamba.data import train_mode_of
 from recbole_mamba.layers import Mamba
 
 LOSS_TYPES = ("CE", "BPR", "BCE")
@@ -23,7 +24,9 @@ class MambaSequentialBase(SequentialRecommender):
 
     Config keys read here: ``hidden_size``, ``loss_type`` (CE: softmax over all items;
     BPR: pairwise with RecBole's sampled negative; BCE: the seed's binary cross-entropy with one
-    sampled negative), ``mamba_backend``.
+    sampled negative), ``mamba_backend``, ``train_mode`` (``augment``: RecBole's one target per
+    row; ``all_positions``: the loss at every position of each row, see
+    :mod:`recbole_mamba.data.lazy_dataset`).
     """
 
     def __init__(self, config, dataset) -> None:
@@ -35,7 +38,9 @@ class MambaSequentialBase(SequentialRecommender):
                 f"{type(self).__name__}: loss_type must be one of {', '.join(LOSS_TYPES)}, "
                 f"got {self.loss_type!r}"
             )
-        if self.loss_type in ("BPR", "BCE") and config["train_neg_sample_args"] is None:
+        self.train_mode = train_mode_of(config)
+        if (self.loss_type in ("BPR", "BCE") and self.train_mode == "augment"
+                and config["train_neg_sample_args"] is None):
             raise ValueError(
                 f"{type(self).__name__}: loss_type {self.loss_type} needs one sampled negative "
                 "per sequence; set train_neg_sample_args: {distribution: uniform, sample_num: 1}"
@@ -97,7 +102,16 @@ class MambaSequentialBase(SequentialRecommender):
         hidden = self.encode(item_seq, item_seq_len)
         return self.gather_indexes(hidden, item_seq_len - 1)
 
+    def causal_config_error(self) -> str | None:
+        """Why this configuration lets position t see later positions (None when it does not).
+
+        All-position training needs every output to depend only on positions <= t.
+        """
+        return None
+
     def calculate_loss(self, interaction) -> torch.Tensor:
+        if self.train_mode == "all_positions":
+            return self._all_positions_loss(interaction)
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         seq_output = self.forward(item_seq, item_seq_len)
@@ -109,6 +123,40 @@ class MambaSequentialBase(SequentialRecommender):
             neg_items = interaction[self.NEG_ITEM_ID]
             pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)
             neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)
+            if self.loss_type == "BPR":
+                loss = self.loss_fct(pos_score, neg_score)
+            else:
+                loss = self.loss_fct(pos_score, torch.ones_like(pos_score)) + self.loss_fct(
+                    neg_score, torch.zeros_like(neg_score)
+                )
+        self._check_finite(loss)
+        return loss
+
+    def _all_positions_loss(self, interaction) -> torch.Tensor:
+        """Loss at every real position: output t predicts item t+1 (the last one the row's target).
+
+        CE averages the softmax loss over all positions of the batch (SASRec's original code);
+        BPR/BCE draw one uniform negative per position here (RecBole's sampler gives one per row).
+        """
+        why = self.causal_config_error()
+        if why is not None:
+            raise ValueError(f"{type(self).__name__}: train_mode all_positions needs a causal model: {why}")
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        hidden = self.encode(item_seq, item_seq_len)  # (B, L, D)
+        batch, length = item_seq.shape
+        rows = torch.arange(batch, device=item_seq.device)
+        targets = torch.roll(item_seq, shifts=-1, dims=1)
+        targets[rows, item_seq_len - 1] = interaction[self.POS_ITEM_ID]
+        real = torch.arange(length, device=item_seq.device) < item_seq_len.unsqueeze(1)
+        h, t = hidden[real], targets[real]  # (P, D), (P,)
+        if self.loss_type == "CE":
+            loss = self.loss_fct(h @ self.item_embedding.weight.t(), t)
+        else:
+            neg = torch.randint(1, self.n_items, t.shape, device=t.device)
+            neg = torch.where(neg == t, (neg % (self.n_items - 1)) + 1, neg)
+            pos_score = (h * self.item_embedding(t)).sum(-1)
+            neg_score = (h * self.item_embedding(neg)).sum(-1)
             if self.loss_type == "BPR":
                 loss = self.loss_fct(pos_score, neg_score)
             else:

@@ -95,6 +95,11 @@ class MLSA4Rec(MambaSequentialBase):
         else:
             raise ValueError(f"MLSA4Rec: init_style must be 'authors' or 'normal', got {init_style!r}")
 
+    def causal_config_error(self) -> str | None:
+        if not self.lsa_causal:
+            return "lsa_causal: False pools the latent interests over the whole sequence; set lsa_causal: True"
+        return None
+
     @staticmethod
     def _authors_init(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -70,7 +70,13 @@ class MoEMaTrRec(MambaSequentialBase):
                      bool(config["gate_causal"]))
             for _ in range(self.num_layers)
         )
+        self.gate_causal = bool(config["gate_causal"])
         self.init_weights_normal(self, float(config["initializer_range"]))
+
+    def causal_config_error(self) -> str | None:
+        if not self.gate_causal:
+            return "gate_causal: False gates every position by the mean over the whole sequence; set gate_causal: True"
+        return None
 
     def encode(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """item_seq (batch, L) -> (batch, L, D)."""

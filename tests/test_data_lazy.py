@@ -1,0 +1,138 @@
+"""LazySequentialDataset: the same rows as RecBole's augmentation, all-position windows, memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.data.dataset import SequentialDataset
+from recbole.quick_start import run_recbole
+
+from conftest import tiny_config
+from recbole_mamba.data import SEQ_END_FIELD, LazySequentialDataset
+
+
+def _config(tmp_path, model="MambaRec", **overrides):
+    cfg = tiny_config(tmp_path, **overrides)
+    return Config(model=model, dataset="ml-100k", config_dict=cfg)
+
+
+def _rows(dataset) -> dict[str, np.ndarray]:
+    """Every row of a (split) dataset with its history window, sorted by (user, target time)."""
+    data = dataset[np.arange(len(dataset))] if isinstance(dataset, LazySequentialDataset) \
+        else dataset.inter_feat[np.arange(len(dataset))]
+    keys = ["user_id", "item_id", "timestamp", "item_length", "item_id_list", "timestamp_list"]
+    out = {k: data[k].numpy() for k in keys}
+    order = np.lexsort((out["timestamp"], out["item_id"], out["user_id"]))
+    return {k: v[order] for k, v in out.items()}
+
+
+@pytest.mark.parametrize("max_len", [3, 10])
+def test_augment_mode_equals_recbole(in_tmp, max_len):
+    """Same train/valid/test rows and histories as RecBole's materialised augmentation."""
+    config = _config(in_tmp, train_mode="augment", MAX_ITEM_LIST_LENGTH=max_len)
+    ours = create_dataset(config)
+    assert isinstance(ours, LazySequentialDataset)
+    theirs = SequentialDataset(config)
+    for mine, ref in zip(ours.build(), theirs.build()):
+        a, b = _rows(mine), _rows(ref)
+        assert len(a["user_id"]) == len(b["user_id"]) > 0
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _targets_by_user(dataset) -> dict[int, list[int]]:
+    """user -> flat indices of the targets a (split) dataset trains on at every position."""
+    data = dataset[np.arange(len(dataset))]
+    out: dict[int, list[int]] = {}
+    for user, end, length in zip(data["user_id"].tolist(), data[SEQ_END_FIELD].tolist(),
+                                 data["item_length"].tolist()):
+        out.setdefault(user, []).extend(range(end - length + 1, end + 1))
+    return out
+
+
+@pytest.mark.parametrize("max_len", [4, 50])
+def test_all_positions_covers_each_train_target_once(in_tmp, max_len):
+    aug = _config(in_tmp, train_mode="augment", MAX_ITEM_LIST_LENGTH=max_len)
+    allpos = _config(in_tmp, train_mode="all_positions", MAX_ITEM_LIST_LENGTH=max_len)
+    train_aug = create_dataset(aug).build()[0]
+    ds = create_dataset(allpos)
+    train, valid, test = ds.build()
+    # every training target of RecBole's augmentation, each once, in windows of <= L
+    expected = {}
+    for user, end in zip(train_aug.inter_feat["user_id"].tolist(), train_aug.inter_feat[SEQ_END_FIELD].tolist()):
+        expected.setdefault(user, []).append(end)
+    got = _targets_by_user(train)
+    assert {u: sorted(v) for u, v in got.items()} == {u: sorted(v) for u, v in expected.items()}
+    assert all(len(v) == len(set(v)) for v in got.values())
+    assert int(train.inter_feat["item_length"].max()) <= max_len
+    if max_len == 4:
+        assert len(train) > len({u for u in expected})  # long users are cut into several windows
+    # the window's items are the user's items just before the target, in time order
+    batch = train[np.arange(len(train))]
+    flat_items = ds._flat["item_id"]
+    for row in range(0, len(train), 37):
+        end, length = int(batch[SEQ_END_FIELD][row]), int(batch["item_length"][row])
+        assert torch.equal(batch["item_id_list"][row, :length], flat_items[end - length:end])
+        assert batch["item_id"][row] == flat_items[end]
+        assert (batch["item_id_list"][row, length:] == 0).all()
+    # validation and test are RecBole's own
+    ref_valid, ref_test = create_dataset(aug).build()[1:]
+    for mine, ref in ((valid, ref_valid), (test, ref_test)):
+        a, b = _rows(mine), _rows(ref)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_last_window_only(in_tmp):
+    ds = create_dataset(_config(in_tmp, train_mode="all_positions", train_windows="last", MAX_ITEM_LIST_LENGTH=4))
+    train = ds.build()[0]
+    users = train.inter_feat["user_id"]
+    assert len(torch.unique(users)) == len(users)
+
+
+def test_memory_does_not_grow_with_max_len(in_tmp):
+    """The stored rows are the same size at L=10 and L=2000 (histories are cut per batch)."""
+    def stored_bytes(max_len):
+        ds = create_dataset(_config(in_tmp, MAX_ITEM_LIST_LENGTH=max_len))
+        ds.build()
+        return sum(v.element_size() * v.nelement() for v in ds.inter_feat.interaction.values())
+
+    assert stored_bytes(2000) == stored_bytes(10)
+
+
+def test_bad_train_mode_rejected(in_tmp):
+    with pytest.raises(ValueError, match="train_mode must be one of"):
+        create_dataset(_config(in_tmp, train_mode="everything"))
+
+
+@pytest.mark.slow
+def test_all_positions_rejects_non_causal_model(in_tmp):
+    cfg = tiny_config(in_tmp, train_mode="all_positions", lsa_causal=False)
+    with pytest.raises(ValueError, match="needs a causal model: lsa_causal: False"):
+        run_recbole(model="MLSA4Rec", dataset="ml-100k", config_dict=cfg)
+
+
+@pytest.mark.slow
+def test_all_positions_loss_counts_every_position(in_tmp):
+    """The CE loss in all_positions mode is the mean over every real position of the batch."""
+    config = _config(in_tmp, train_mode="all_positions", loss_type="CE", train_neg_sample_args=None,
+                     MAX_ITEM_LIST_LENGTH=6)
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    from recbole_mamba.models import MambaRec
+
+    torch.manual_seed(0)
+    model = MambaRec(config, train_data.dataset).eval()
+    batch = next(iter(train_data))
+    loss = model.calculate_loss(batch)
+    seq, lens, pos = batch["item_id_list"], batch["item_length"], batch["item_id"]
+    hidden = model.encode(seq, lens)
+    terms = []
+    for b in range(len(seq)):
+        targets = torch.cat([seq[b, 1:lens[b]], pos[b:b + 1]])
+        logits = hidden[b, :lens[b]] @ model.item_embedding.weight.t()
+        terms.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+    torch.testing.assert_close(loss, torch.cat(terms).mean(), rtol=1e-5, atol=1e-6)
