@@ -166,6 +166,16 @@ def register() -> None:
     for cls in (MambaRec, MoEMaTrRec, MLSA4Rec):
         register_model(cls)
         register_dataset(cls.__name__, LazySequentialDataset)
+    import recbole.model.sequential_recommender as seq_models
+
+    from recbole_mamba.baselines import CAUSAL_BASELINES, enable_all_positions, reject_all_positions
+
+    for name in CAUSAL_BASELINES:
+        enable_all_positions(getattr(seq_models, name))
+        register_dataset(name, LazySequentialDataset)
+    for name in ("BERT4Rec", "LightSANs", "Caser", "NARM", "STAMP", "NextItNet", "SRGNN", "GCSAN"):
+        if hasattr(seq_models, name):
+            reject_all_positions(getattr(seq_models, name))
     for name, module in list(sys.modules.items()):
         if name.startswith("recbole.") or name == "recbole":
             if getattr(module, "get_model", None) is _ORIGINAL_GET_MODEL:

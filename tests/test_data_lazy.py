@@ -136,3 +136,37 @@ def test_all_positions_loss_counts_every_position(in_tmp):
         logits = hidden[b, :lens[b]] @ model.item_embedding.weight.t()
         terms.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
     torch.testing.assert_close(loss, torch.cat(terms).mean(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sasrec_baseline_all_positions(in_tmp):
+    """RecBole's SASRec trains at every position with train_mode all_positions; its per-position
+    encoder output at the last position is exactly its own forward()."""
+    cfg = tiny_config(in_tmp, train_mode="all_positions", train_neg_sample_args=None, loss_type="CE")
+    result = run_recbole(model="SASRec", dataset="ml-100k", config_dict=cfg)
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+
+    from recbole.model.sequential_recommender import SASRec
+
+    from recbole_mamba.baselines import _all_positions_encode
+
+    config = _config(in_tmp, model="SASRec", train_mode="all_positions", train_neg_sample_args=None)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = SASRec(config, train_data.dataset).eval()
+    batch = next(iter(train_data))
+    seq, lens = batch["item_id_list"], batch["item_length"]
+    with torch.no_grad():
+        every = _all_positions_encode(model)(seq, lens)
+        last = model.forward(seq, lens)
+    assert every.shape == seq.shape + (config["hidden_size"],)
+    torch.testing.assert_close(every[torch.arange(len(seq)), lens - 1], last)
+    assert "gather_indexes" not in vars(model)  # the instance patch is removed again
+
+
+def test_non_causal_baseline_rejects_all_positions(in_tmp):
+    from recbole.model.sequential_recommender import LightSANs
+
+    config = _config(in_tmp, model="LightSANs", train_mode="all_positions", train_neg_sample_args=None)
+    dataset = create_dataset(config)
+    with pytest.raises(ValueError, match="LightSANs is not causal"):
+        LightSANs(config, dataset)

@@ -49,11 +49,11 @@ class LazySequentialDataset(SequentialDataset):
         self.train_windows = config["train_windows"] or "all"
         if self.train_windows not in TRAIN_WINDOWS:
             raise ValueError(f"train_windows must be one of {TRAIN_WINDOWS}, got {self.train_windows!r}")
-        if config["benchmark_filename"] is not None:
-            raise ValueError(
-                "LazySequentialDataset builds histories from the interactions and does not read "
-                "benchmark files with precomputed item lists; unset benchmark_filename."
-            )
+        # Benchmark files carry precomputed item lists: then this is RecBole's class, unchanged.
+        self._lazy = config["benchmark_filename"] is None
+        if not self._lazy and self.train_mode == "all_positions":
+            raise ValueError("train_mode all_positions builds windows from the interactions; it cannot "
+                             "be used with benchmark_filename (precomputed item lists)")
         super().__init__(config)
 
     # ------------------------------------------------------------------ building
@@ -134,6 +134,8 @@ class LazySequentialDataset(SequentialDataset):
         return rows
 
     def __getitem__(self, index, join: bool = True) -> Interaction:
+        if not self._lazy:
+            return super().__getitem__(index, join)
         rows = self._windows(self.inter_feat[index])
         return self.join(rows) if join else rows
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from recbole_mamba.data import train_mode_of
 from recbole_mamba.layers import Mamba
+from recbole_mamba.models.all_positions import all_positions_loss
 
 LOSS_TYPES = ("CE", "BPR", "BCE")
 
@@ -133,36 +134,11 @@ class MambaSequentialBase(SequentialRecommender):
         return loss
 
     def _all_positions_loss(self, interaction) -> torch.Tensor:
-        """Loss at every real position: output t predicts item t+1 (the last one the row's target).
-
-        CE averages the softmax loss over all positions of the batch (SASRec's original code);
-        BPR/BCE draw one uniform negative per position here (RecBole's sampler gives one per row).
-        """
+        """Loss at every real position (see :func:`all_positions_loss`)."""
         why = self.causal_config_error()
         if why is not None:
             raise ValueError(f"{type(self).__name__}: train_mode all_positions needs a causal model: {why}")
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        hidden = self.encode(item_seq, item_seq_len)  # (B, L, D)
-        batch, length = item_seq.shape
-        rows = torch.arange(batch, device=item_seq.device)
-        targets = torch.roll(item_seq, shifts=-1, dims=1)
-        targets[rows, item_seq_len - 1] = interaction[self.POS_ITEM_ID]
-        real = torch.arange(length, device=item_seq.device) < item_seq_len.unsqueeze(1)
-        h, t = hidden[real], targets[real]  # (P, D), (P,)
-        if self.loss_type == "CE":
-            loss = self.loss_fct(h @ self.item_embedding.weight.t(), t)
-        else:
-            neg = torch.randint(1, self.n_items, t.shape, device=t.device)
-            neg = torch.where(neg == t, (neg % (self.n_items - 1)) + 1, neg)
-            pos_score = (h * self.item_embedding(t)).sum(-1)
-            neg_score = (h * self.item_embedding(neg)).sum(-1)
-            if self.loss_type == "BPR":
-                loss = self.loss_fct(pos_score, neg_score)
-            else:
-                loss = self.loss_fct(pos_score, torch.ones_like(pos_score)) + self.loss_fct(
-                    neg_score, torch.zeros_like(neg_score)
-                )
+        loss = all_positions_loss(self, interaction, self.encode)
         self._check_finite(loss)
         return loss
 

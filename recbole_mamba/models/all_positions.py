@@ -1,0 +1,54 @@
+"""The all-position loss, shared by our models and the RecBole baselines we let train that way.
+
+A row holds a window ``item_seq`` (batch, L) of a user's history, its length and the item that
+follows (``POS_ITEM_ID``). Output t predicts item t+1 of the window, the last real output predicts
+``POS_ITEM_ID``: every position of the window is a training target, as in SASRec's original code,
+RecMamba and the MambaRec seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def all_positions_targets(item_seq: torch.Tensor, item_seq_len: torch.Tensor,
+                          pos_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, L) next-item targets and the (batch, L) mask of real positions."""
+    batch, length = item_seq.shape
+    rows = torch.arange(batch, device=item_seq.device)
+    targets = torch.roll(item_seq, shifts=-1, dims=1)
+    targets[rows, item_seq_len - 1] = pos_items
+    real = torch.arange(length, device=item_seq.device) < item_seq_len.unsqueeze(1)
+    return targets, real
+
+
+def all_positions_loss(model, interaction, encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Mean loss over every real position of the batch.
+
+    ``encode(item_seq, item_seq_len)`` must return (batch, L, D) outputs where position t depends
+    on positions <= t only. ``model`` provides ``ITEM_SEQ``/``ITEM_SEQ_LEN``/``POS_ITEM_ID``,
+    ``item_embedding``, ``n_items``, ``loss_type`` (CE | BPR | BCE) and ``loss_fct``. CE is the
+    softmax over all items; BPR and BCE draw one uniform negative per position (never the target).
+    """
+    item_seq = interaction[model.ITEM_SEQ]
+    item_seq_len = interaction[model.ITEM_SEQ_LEN]
+    hidden = encode(item_seq, item_seq_len)
+    if hidden.dim() != 3 or hidden.shape[:2] != item_seq.shape:
+        raise RuntimeError(f"{type(model).__name__}: all-position training needs (batch, L, D) outputs, "
+                           f"got shape {tuple(hidden.shape)}")
+    targets, real = all_positions_targets(item_seq, item_seq_len, interaction[model.POS_ITEM_ID])
+    h, t = hidden[real], targets[real]  # (P, D), (P,)
+    if model.loss_type == "CE":
+        return model.loss_fct(h @ model.item_embedding.weight.t(), t)
+    neg = torch.randint(1, model.n_items - 1, t.shape, device=t.device)
+    neg = neg + (neg >= t).long()  # uniform over the items other than the target
+    pos_score = (h * model.item_embedding(t)).sum(-1)
+    neg_score = (h * model.item_embedding(neg)).sum(-1)
+    if model.loss_type == "BPR":
+        return model.loss_fct(pos_score, neg_score)
+    if model.loss_type == "BCE":
+        return model.loss_fct(pos_score, torch.ones_like(pos_score)) + model.loss_fct(
+            neg_score, torch.zeros_like(neg_score))
+    raise ValueError(f"{type(model).__name__}: all-position training supports CE, BPR and BCE, got {model.loss_type!r}")
