@@ -182,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                              capture_output=True, text=True)
         line = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
         if run.returncode != 0 or not line:
-            tail = (run.stderr or run.stdout).strip().splitlines()[-5:]
-            print(f"{name}: FAILED (exit {run.returncode}): " + " | ".join(tail), flush=True)
+            if run.returncode == -9:
+                print(f"{name}: killed by SIGKILL: out of memory (the kernel's OOM killer)", flush=True)
+            else:
+                tail = (run.stderr or run.stdout).strip().splitlines()[-5:]
+                print(f"{name}: FAILED (exit {run.returncode}): " + " | ".join(tail), flush=True)
             results.append((name, None))
             continue
         results.append((name, json.loads(line[0][7:])))
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results:
         if r is None:
-            print(f"| {name} | failed | | | | | | |")
+            print(f"| {name} | failed (see above) | | | | | | |")
             continue
         best = max(r["curve"], key=lambda c: c[1]) if r["curve"] else None
         print(f"| {name} | {r['rows']:,} | {r['data_s']:.1f} | {'~' if r['extrapolated'] else ''}{r['epoch_s']:.1f} "
