@@ -351,6 +351,23 @@ def fix_ray_tune_report() -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+def fix_global_anomaly_detection() -> None:
+    """Undo ``torch.autograd.set_detect_anomaly(True)`` that RecBole's ``sine.py`` runs at import.
+
+    ``recbole.model.sequential_recommender/__init__.py`` imports every sequential model, and
+    ``sine.py`` switches anomaly detection on for the whole process at import time. So every
+    sequential run through RecBole (ours, SASRec, ...) records a traceback per autograd node
+    (slow) and turns a single NaN in a backward pass into a crash. We import the package once
+    here and switch it off again; a user who wants it can still call
+    ``torch.autograd.set_detect_anomaly(True)`` afterwards.
+    """
+    import torch
+
+    import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py's side effect now)
+
+    torch.autograd.set_detect_anomaly(False)
+
+
 def apply() -> None:
     """Apply every fix once (idempotent). Called by ``import recbole_mamba``."""
     global _APPLIED
@@ -360,6 +377,7 @@ def apply() -> None:
     fix_pandas_copy_on_write()
     fix_torch_safe_load()
     fix_ray_tune_report()
+    fix_global_anomaly_detection()
     _APPLIED = True
 
 
@@ -370,6 +388,7 @@ __all__ = [
     "fix_pandas_copy_on_write",
     "fix_torch_safe_load",
     "fix_ray_tune_report",
+    "fix_global_anomaly_detection",
     "load_recbole_checkpoint",
     "RestrictedUnpickler",
 ]

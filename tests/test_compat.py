@@ -80,3 +80,10 @@ def test_objective_function_tune_report_outside_a_trial():
     import recbole.quick_start.quick_start as qs
 
     qs.tune.report(**{"ndcg@10": np.float64(0.1)})  # RecBole's call form: must not raise
+
+
+def test_recbole_sine_anomaly_detection_switched_off():
+    """RecBole's sine.py turns autograd anomaly detection on for the whole process at import."""
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    assert not torch.is_anomaly_enabled()

@@ -44,8 +44,8 @@ class InterestPooling(nn.Module):
             weights = torch.softmax(logits, dim=1)
             return torch.einsum("blp,bld->bpd", weights, x)
         w, norm = self._prefix(logits)
-        num = torch.cumsum(w.unsqueeze(-1) * x.unsqueeze(2), dim=1)  # (batch, L, P, D)
-        return num / norm.unsqueeze(-1)
+        num = torch.cumsum(w.unsqueeze(-1) * x.unsqueeze(2), dim=1)  # (batch, L, P, D), float64
+        return (num / norm.unsqueeze(-1)).to(x.dtype)
 
     @staticmethod
     def _prefix(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,12 +53,18 @@ class InterestPooling(nn.Module):
 
         Shifted by the max over the (real) sequence for stability. The shift cancels exactly
         between numerator and normaliser, so row t depends on positions <= t only (up to float
-        rounding); it underflows only if one sequence's logits span more than ~80, far outside
-        what LayerNorm'd inputs produce.
+        rounding). Computed in float64: a prefix whose logits all lie far below the sequence's
+        max (more than ~87 in float32, which trained models reach) would otherwise underflow to
+        a zero normaliser and NaN gradients; float64 holds spreads up to ~700 exactly, and
+        beyond that the shifted logits are clamped at -700 (finite, no longer exact). The
+        callers divide in float64 too and cast back.
         """
+        logits = logits.double()
         shift = logits.amax(dim=1, keepdim=True).detach()
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        w = torch.exp(logits - shift)  # 0 at padding
+        shifted = logits - shift
+        shifted = torch.where(torch.isfinite(shifted), shifted.clamp_min(-700.0), shifted)
+        w = torch.exp(shifted)  # 0 at padding (-inf)
         norm = torch.cumsum(w, dim=1).clamp_min(torch.finfo(w.dtype).tiny)
         return w, norm
 
@@ -126,9 +132,11 @@ class LowRankSelfAttention(nn.Module):
         qh = q.transpose(1, 2)  # (b, H, L, dh)
         causal = torch.ones(length, length, dtype=torch.bool, device=key.device).tril()
         qk = (qh @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (b, H, L, L)
-        scores = (qk @ wk.unsqueeze(1)) / nk.unsqueeze(1) * scale  # (b, H, L, P)
+        # pooled weights in float64 (see InterestPooling._prefix), results back in x's dtype
+        scores = ((qk.double() @ wk.unsqueeze(1)) / nk.unsqueeze(1)).to(q.dtype) * scale  # (b, H, L, P)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        mix = ((probs / nv.unsqueeze(1)) @ wv.transpose(1, 2).unsqueeze(1)).masked_fill(~causal, 0.0)
+        mix = ((probs.double() / nv.unsqueeze(1)) @ wv.transpose(1, 2).unsqueeze(1)).to(q.dtype)
+        mix = mix.masked_fill(~causal, 0.0)
         return (mix @ v).transpose(1, 2)  # (b, L, H, dh)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

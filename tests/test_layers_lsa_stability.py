@@ -1,0 +1,34 @@
+"""Causal low-rank attention stays finite when a prefix's pooling logits lie far below the max."""
+
+from __future__ import annotations
+
+import torch
+
+from recbole_mamba.layers.lsa import LowRankSelfAttention
+
+
+def test_causal_lsa_gradients_finite_with_wide_logit_spread():
+    torch.manual_seed(0)
+    lsa = LowRankSelfAttention(16, 2, 4, 0.0, 0.0, causal=True)
+    with torch.no_grad():
+        lsa.pool_key.theta.mul_(15.0)  # pooling logits spanning a few hundred: float32 underflows
+        lsa.pool_value.theta.mul_(15.0)
+    x = torch.randn(3, 12, 16, requires_grad=True)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[0, 9:] = False
+    out = lsa(x, mask)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in lsa.parameters() if p.grad is not None)
+    # and beyond float64's range (spreads of thousands) it stays finite
+    with torch.no_grad():
+        lsa.pool_key.theta.mul_(10.0)
+    x.grad = None
+    lsa(x, mask).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # the pairs form and the prefix form still agree
+    q = lsa._heads(lsa.query(x))
+    k, v = lsa.key(x), lsa.value(x)
+    scale = 1.0 / (lsa.head_dim ** 0.5)
+    torch.testing.assert_close(lsa._causal_by_pairs(q, k, v, mask, scale),
+                               lsa._causal_by_prefix(q, k, v, mask, scale), rtol=1e-4, atol=1e-5)
