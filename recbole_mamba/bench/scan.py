@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -57,6 +58,13 @@ def _time(fn, base, grad_out, repeats: int):
     return best, result
 
 
+def _child_env() -> dict:
+    """The environment for a child ``python -m recbole_mamba...``: this package importable
+    even when it is used from a source checkout rather than installed."""
+    root = str(Path(__file__).resolve().parents[2])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+
+
 def _rss_bytes(key: str) -> int:
     """``VmRSS`` / ``VmHWM`` of this process from /proc, in bytes."""
     with open("/proc/self/status") as f:
@@ -86,7 +94,7 @@ def peak_memory(op: str, batch: int, dim: int, state: int, length: int) -> int |
         return None
     cmd = [sys.executable, "-m", "recbole_mamba.bench.scan", "--memory-child", op,
            "--batch", str(batch), "--dim", str(dim), "--state", str(state), "--lengths", str(length)]
-    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True, env=_child_env())
     return json.loads(run.stdout.strip().splitlines()[-1])["peak_extra_bytes"]
 
 

@@ -31,6 +31,7 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -57,6 +58,13 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     if not name.strip() or not rest.strip():
         raise ValueError(f"--variant must look like 'name: key=value ...', got {spec!r}")
     return name.strip(), parse_assignments(shlex.split(rest))
+
+
+def _child_env() -> dict:
+    """The environment for a child ``python -m recbole_mamba...``: this package importable
+    even when it is used from a source checkout rather than installed."""
+    root = str(Path(__file__).resolve().parents[2])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
 def _peak_rss() -> int:
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                  "checkpoint_dir": os.path.abspath(a.checkpoint_dir)}
         run = subprocess.run([sys.executable, "-m", "recbole_mamba.bench.training", "--model", a.model,
                               "--dataset", a.dataset, "--variant", "x: y=1", "--child", json.dumps(child)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=_child_env())
         line = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
         if run.returncode != 0 or not line:
             if run.returncode == -9:
