@@ -56,3 +56,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+
+
+def shared_data_dir():
+    """The workplace's real data (``../shared/data``; never copied into the repo): the first of
+    ``$RECBOLE_MAMBA_SHARED_DATA``, ``<repo>/../shared/data``, ``/work/shared/data`` that exists,
+    else ``None`` (the tests that need it are skipped)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    candidates = [os.environ.get("RECBOLE_MAMBA_SHARED_DATA"), root.parent / "shared" / "data",
+                  "/work/shared/data"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import shared_data_dir
 from dataset_prep import kuairand, lfm1b
 from dataset_prep.common import BadInputError
 from dataset_prep.events import PerUserKeeper
 from dataset_prep.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
-KUAIRAND_HEAD = ROOT.parent / "shared" / "data" / "kuairand" / "log_random_4_22_to_5_08_1k.head226.csv"
+KUAIRAND_HEAD = (shared_data_dir() or Path("/nonexistent")) / "kuairand" / "log_random_4_22_to_5_08_1k.head226.csv"
+needs_kuairand = pytest.mark.skipif(not KUAIRAND_HEAD.is_file(), reason="../shared/data/kuairand not present")
 
 
 def _inter(out: Path, name: str) -> list[tuple[int, int, int]]:
@@ -179,6 +181,7 @@ def test_interrupted_run_leaves_no_partial_output(tmp_path):
     assert not (out / "big.inter").exists()
 
 
+@needs_kuairand
 def test_kuairand_real_rows_and_clicked_only(tmp_path):
     out = tmp_path / "kr" / "kr"
     assert kuairand.main(["--input", str(KUAIRAND_HEAD), "--output-dir", str(out), "--max-len", "20",

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from conftest import shared_data_dir, tiny_config
 from dataset_prep.common import BadInputError
 from dataset_prep.movielens import convert, main
 
 ROOT = Path(__file__).resolve().parents[1]
-ML1M = ROOT.parent / "shared" / "data" / "ml-1m"
+ML1M = (shared_data_dir() or Path("/nonexistent")) / "ml-1m"
 RATINGS = ML1M / "ratings.users_1-2999.dat"
 SEQUENCES = ML1M / "sequences_chrono.orig_ids.txt"
 needs_data = pytest.mark.skipif(not SEQUENCES.is_file(), reason="../shared/data/ml-1m not present")
