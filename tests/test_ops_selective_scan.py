@@ -158,5 +158,5 @@ def test_scan_benchmark_runs_and_reports(capsys):
     assert row20.split()[3].endswith("x") and float(row20.split()[-1]) < 1e-4
     ours_mib, ref_mib, ratio = row20.split()[5:8]  # peak memory measured in child processes
     assert float(ours_mib) >= 0 and float(ref_mib) >= 0
-    assert ratio == "-" if float(ref_mib) == 0 else float(ratio) >= 0  # tiny shapes may stay under a page
+    assert ratio == "-" or float(ratio) >= 0  # "-" when the reference stayed under a page (tiny shapes)
     assert "skipped" in row40
