@@ -11,12 +11,14 @@ import bz2
 import contextlib
 import gzip
 import io
+import logging
 import lzma
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 ON_BAD_LINES = ("error", "skip")
 
@@ -128,3 +130,16 @@ def human_rate(rows: int, seconds: float) -> str:
         if rate >= scale:
             return f"{rate / scale:.2f}{unit} rows/s"
     return f"{rate:.0f} rows/s"
+
+
+def run_cli(convert: Callable[[], object]) -> int:
+    """Run a converter for a CLI: print its summary (exit 0), or a one-line error (exit 2) for
+    the errors a user can meet (bad input, existing outputs, missing files, bad options)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        summary = convert()
+    except (BadInputError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0

@@ -396,6 +396,20 @@ def write_dataset(user: np.ndarray, item: np.ndarray, ts: np.ndarray, output_dir
     return paths, len(raw_users), len(raw_items)
 
 
+def add_event_arguments(p, max_len: int, keep: str) -> None:
+    """The flags every event-log converter shares (defaults: ``max_len``, ``keep``)."""
+    from dataset_prep.common import ON_BAD_LINES
+
+    p.add_argument("--name", default=None, help="dataset name (default: the output folder's name)")
+    p.add_argument("--max-len", type=int, default=max_len, help=f"events kept per user (default {max_len})")
+    p.add_argument("--num-users", type=int, default=None, help="keep the N users with the smallest ids")
+    p.add_argument("--keep", choices=("first", "last"), default=keep, help=f"which events of a user (default {keep})")
+    p.add_argument("--on-bad-lines", choices=ON_BAD_LINES, default="error",
+                   help="stop at the first malformed row (default) or skip and count them")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def ensure_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Resolve input paths; a clear error for a missing one."""
     out = []

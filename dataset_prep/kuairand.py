@@ -13,12 +13,11 @@ protocol) or last ``--max-len`` events are kept. ``--clicked-only`` keeps clicke
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from dataset_prep.common import ON_BAD_LINES, BadInputError
-from dataset_prep.events import Layout, convert_events, ensure_inputs, header_of
+from dataset_prep.common import run_cli
+from dataset_prep.events import Layout, add_event_arguments, convert_events, ensure_inputs, header_of
 
 REQUIRED = ("user_id", "video_id", "time_ms")
 
@@ -39,32 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dataset_prep.kuairand", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+", help="KuaiRand log CSV file(s), in time order")
     p.add_argument("--output-dir", required=True, help="e.g. dataset/kuairand-2k")
-    p.add_argument("--name", default=None, help="dataset name (default: the output folder's name)")
-    p.add_argument("--max-len", type=int, default=2000, help="events kept per user (default 2000)")
-    p.add_argument("--num-users", type=int, default=None, help="keep the N users with the smallest ids")
-    p.add_argument("--keep", choices=("first", "last"), default="first", help="which events of a user (default first)")
     p.add_argument("--clicked-only", action="store_true", help="keep clicked impressions only")
-    p.add_argument("--on-bad-lines", choices=ON_BAD_LINES, default="error")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--no-progress", action="store_true")
+    add_event_arguments(p, max_len=2000, keep="first")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
+
+    def convert():
         paths = ensure_inputs(a.input)
         layouts = {p: layout_for(p, a.clicked_only) for p in paths}  # check every header first
-        summary = convert_events(paths, layouts.__getitem__, a.output_dir, a.name, a.max_len, a.keep,
-                                 a.num_users, a.on_bad_lines, a.force, not a.no_progress,
-                                 source=f"KuaiRand {'clicks' if a.clicked_only else 'impressions'}, "
-                                        f"{a.keep} {a.max_len} per user")
-    except (BadInputError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary)
-    return 0
+        return convert_events(paths, layouts.__getitem__, a.output_dir, a.name, a.max_len, a.keep,
+                              a.num_users, a.on_bad_lines, a.force, not a.no_progress,
+                              source=f"KuaiRand {'clicks' if a.clicked_only else 'impressions'}, "
+                                     f"{a.keep} {a.max_len} per user")
+
+    return run_cli(convert)
 
 
 if __name__ == "__main__":

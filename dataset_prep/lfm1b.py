@@ -13,11 +13,10 @@ keeps the users with the smallest ids (RecMamba's LFM-1b(1k): the last 1,000 eve
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from dataset_prep.common import ON_BAD_LINES, BadInputError
-from dataset_prep.events import Layout, convert_events, ensure_inputs
+from dataset_prep.common import run_cli
+from dataset_prep.events import Layout, add_event_arguments, convert_events, ensure_inputs
 
 COLUMNS = ["user_id", "artist_id", "album_id", "track_id", "timestamp"]
 ITEM_COLUMNS = {"track": "track_id", "album": "album_id", "artist": "artist_id"}
@@ -33,31 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dataset_prep.lfm1b", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, nargs="+", help="LFM-1b_LEs.txt[.gz|.bz2|.zst] (several allowed)")
     p.add_argument("--output-dir", required=True, help="e.g. dataset/lfm1b-1k")
-    p.add_argument("--name", default=None, help="dataset name (default: the output folder's name)")
-    p.add_argument("--max-len", type=int, default=1000, help="events kept per user (default 1000)")
-    p.add_argument("--num-users", type=int, default=None, help="keep the N users with the smallest ids")
-    p.add_argument("--keep", choices=("last", "first"), default="last", help="which events of a user (default last)")
     p.add_argument("--item", choices=sorted(ITEM_COLUMNS), default="track", help="item column (default track)")
-    p.add_argument("--on-bad-lines", choices=ON_BAD_LINES, default="error")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--no-progress", action="store_true")
+    add_event_arguments(p, max_len=1000, keep="last")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        paths = ensure_inputs(a.input)
+
+    def convert():
         lay = layout(a.item)
-        summary = convert_events(paths, lambda _p: lay, a.output_dir, a.name, a.max_len, a.keep,
-                                 a.num_users, a.on_bad_lines, a.force, not a.no_progress,
-                                 source=f"LFM-1b {a.item}s, {a.keep} {a.max_len} per user")
-    except (BadInputError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary)
-    return 0
+        return convert_events(ensure_inputs(a.input), lambda _p: lay, a.output_dir, a.name, a.max_len,
+                              a.keep, a.num_users, a.on_bad_lines, a.force, not a.no_progress,
+                              source=f"LFM-1b {a.item}s, {a.keep} {a.max_len} per user")
+
+    return run_cli(convert)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from dataset_prep.common import (
     atomic_outputs,
     human_rate,
     open_text,
+    run_cli,
 )
 
 log = logging.getLogger("dataset_prep.movielens")
@@ -205,36 +206,34 @@ def _convert_sequences(path: Path, out, bad: BadLineCounter, progress: tqdm) -> 
     return set(users), items, n
 
 
-def _convert_movies(path: Path, out, bad: BadLineCounter) -> None:
-    out.write("item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\n")
+def _side_rows(path: Path, n_fields: int, expected: str, bad: BadLineCounter):
+    """Yield the ``::``-separated fields of each non-empty line of movies.dat / users.dat."""
     with open_text(path, encoding="latin-1") as f:
         for line_no, line in enumerate(f, start=1):
             text = line.rstrip("\r\n")
             if not text.strip():
                 continue
             parts = text.split("::")
-            if len(parts) != 3 or not parts[0].isdigit():
-                bad.bad(path, line_no, "expected 'MovieID::Title::Genres'", text)
+            if len(parts) != n_fields or not parts[0].isdigit():
+                bad.bad(path, line_no, f"expected '{expected}'", text)
                 continue
-            m = _YEAR.match(parts[1])
-            title, year = (m.group(1), m.group(2)) if m else (parts[1], "")
-            title = " ".join(title.replace("\t", " ").split())
-            genres = " ".join(g.replace(" ", "_") for g in parts[2].split("|") if g)
-            out.write(f"{parts[0]}\t{title}\t{year}\t{genres}\n")
+            yield parts
+
+
+def _convert_movies(path: Path, out, bad: BadLineCounter) -> None:
+    out.write("item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\n")
+    for movie, raw_title, raw_genres in _side_rows(path, 3, "MovieID::Title::Genres", bad):
+        m = _YEAR.match(raw_title)
+        title, year = (m.group(1), m.group(2)) if m else (raw_title, "")
+        title = " ".join(title.replace("\t", " ").split())
+        genres = " ".join(g.replace(" ", "_") for g in raw_genres.split("|") if g)
+        out.write(f"{movie}\t{title}\t{year}\t{genres}\n")
 
 
 def _convert_users(path: Path, out, bad: BadLineCounter) -> None:
     out.write("user_id:token\tgender:token\tage:token\toccupation:token\tzip_code:token\n")
-    with open_text(path, encoding="latin-1") as f:
-        for line_no, line in enumerate(f, start=1):
-            text = line.rstrip("\r\n")
-            if not text.strip():
-                continue
-            parts = text.split("::")
-            if len(parts) != 5 or not parts[0].isdigit():
-                bad.bad(path, line_no, "expected 'UserID::Gender::Age::Occupation::Zip-code'", text)
-                continue
-            out.write("\t".join(p.strip() for p in parts) + "\n")
+    for parts in _side_rows(path, 5, "UserID::Gender::Age::Occupation::Zip-code", bad):
+        out.write("\t".join(p.strip() for p in parts) + "\n")
 
 
 def convert(
@@ -302,15 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        summary = convert(args.input, args.output_dir, args.name, args.format,
-                          args.on_bad_lines, args.force, progress=not args.no_progress)
-    except (BadInputError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary)
-    return 0
+    return run_cli(lambda: convert(args.input, args.output_dir, args.name, args.format,
+                                   args.on_bad_lines, args.force, progress=not args.no_progress))
 
 
 if __name__ == "__main__":
