@@ -44,11 +44,16 @@ def all_positions_loss(model, interaction, encode: Callable[[torch.Tensor, torch
         return model.loss_fct(h @ model.item_embedding.weight.t(), t)
     neg = torch.randint(1, model.n_items - 1, t.shape, device=t.device)
     neg = neg + (neg >= t).long()  # uniform over the items other than the target
-    pos_score = (h * model.item_embedding(t)).sum(-1)
-    neg_score = (h * model.item_embedding(neg)).sum(-1)
+    return sampled_loss(model, h, t, neg)
+
+
+def sampled_loss(model, hidden: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """BPR or BCE loss of outputs ``hidden`` (N, D) against item ids ``pos`` and ``neg`` (N,)."""
+    pos_score = (hidden * model.item_embedding(pos)).sum(-1)
+    neg_score = (hidden * model.item_embedding(neg)).sum(-1)
     if model.loss_type == "BPR":
         return model.loss_fct(pos_score, neg_score)
     if model.loss_type == "BCE":
         return model.loss_fct(pos_score, torch.ones_like(pos_score)) + model.loss_fct(
             neg_score, torch.zeros_like(neg_score))
-    raise ValueError(f"{type(model).__name__}: all-position training supports CE, BPR and BCE, got {model.loss_type!r}")
+    raise ValueError(f"{type(model).__name__}: a sampled loss is BPR or BCE, got {model.loss_type!r}")

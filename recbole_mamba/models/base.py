@@ -15,7 +15,7 @@ from torch import nn
 
 from recbole_mamba.data import train_mode_of
 from recbole_mamba.layers import Mamba
-from recbole_mamba.models.all_positions import all_positions_loss
+from recbole_mamba.models.all_positions import all_positions_loss, sampled_loss
 
 LOSS_TYPES = ("CE", "BPR", "BCE")
 
@@ -121,15 +121,7 @@ class MambaSequentialBase(SequentialRecommender):
             logits = seq_output @ self.item_embedding.weight.t()
             loss = self.loss_fct(logits, pos_items)
         else:
-            neg_items = interaction[self.NEG_ITEM_ID]
-            pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)
-            neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)
-            if self.loss_type == "BPR":
-                loss = self.loss_fct(pos_score, neg_score)
-            else:
-                loss = self.loss_fct(pos_score, torch.ones_like(pos_score)) + self.loss_fct(
-                    neg_score, torch.zeros_like(neg_score)
-                )
+            loss = sampled_loss(self, seq_output, pos_items, interaction[self.NEG_ITEM_ID])
         self._check_finite(loss)
         return loss
 
