@@ -24,10 +24,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from recbole_mamba.bench.proc import child_env, status_bytes
 from recbole_mamba.ops import selective_scan_cpu, selective_scan_ref
 
 
@@ -58,33 +58,17 @@ def _time(fn, base, grad_out, repeats: int):
     return best, result
 
 
-def _child_env() -> dict:
-    """The environment for a child ``python -m recbole_mamba...``: this package importable
-    even when it is used from a source checkout rather than installed."""
-    root = str(Path(__file__).resolve().parents[2])
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-
-
-def _rss_bytes(key: str) -> int:
-    """``VmRSS`` / ``VmHWM`` of this process from /proc, in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
 def _measure_memory_child(op: str, batch: int, dim: int, state: int, length: int) -> None:
     """Child process: print the peak extra resident bytes of one forward+backward of ``op``."""
     fn = selective_scan_cpu if op == "ours" else selective_scan_ref
     _run(fn, _inputs(2, 4, state, 70), torch.ones(2, 4, 70))  # compile / warm up, tiny
     base = _inputs(batch, dim, state, length)
     grad_out = torch.randn(batch, dim, length)
-    before = _rss_bytes("VmRSS")
+    before = status_bytes("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current resident size
     _run(fn, base, grad_out)
-    print(json.dumps({"peak_extra_bytes": _rss_bytes("VmHWM") - before}))
+    print(json.dumps({"peak_extra_bytes": status_bytes("VmHWM") - before}))
 
 
 def peak_memory(op: str, batch: int, dim: int, state: int, length: int) -> int | None:
@@ -94,7 +78,7 @@ def peak_memory(op: str, batch: int, dim: int, state: int, length: int) -> int |
         return None
     cmd = [sys.executable, "-m", "recbole_mamba.bench.scan", "--memory-child", op,
            "--batch", str(batch), "--dim", str(dim), "--state", str(state), "--lengths", str(length)]
-    run = subprocess.run(cmd, capture_output=True, text=True, check=True, env=_child_env())
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True, env=child_env())
     return json.loads(run.stdout.strip().splitlines()[-1])["peak_extra_bytes"]
 
 

@@ -31,9 +31,10 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import yaml
+
+from recbole_mamba.bench.proc import child_env, status_bytes
 
 
 def _parse_value(text: str):
@@ -58,21 +59,6 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     if not name.strip() or not rest.strip():
         raise ValueError(f"--variant must look like 'name: key=value ...', got {spec!r}")
     return name.strip(), parse_assignments(shlex.split(rest))
-
-
-def _child_env() -> dict:
-    """The environment for a child ``python -m recbole_mamba...``: this package importable
-    even when it is used from a source checkout rather than installed."""
-    root = str(Path(__file__).resolve().parents[2])
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-
-
-def _peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_child(args: dict) -> dict:
@@ -147,7 +133,7 @@ def run_child(args: dict) -> dict:
     return {
         "rows": len(train_data.dataset), "batches": n_batches, "data_s": data_s,
         "epoch_s": first_epoch_s, "extrapolated": bool(max_batches and max_batches < n_batches),
-        "peak_rss": _peak_rss(), "curve": curve, "metric": metric, "batches_trained": done,
+        "peak_rss": status_bytes("VmHWM", default=0), "curve": curve, "metric": metric, "batches_trained": done,
     }
 
 
@@ -187,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                  "checkpoint_dir": os.path.abspath(a.checkpoint_dir)}
         run = subprocess.run([sys.executable, "-m", "recbole_mamba.bench.training", "--model", a.model,
                               "--dataset", a.dataset, "--variant", "x: y=1", "--child", json.dumps(child)],
-                             capture_output=True, text=True, env=_child_env())
+                             capture_output=True, text=True, env=child_env())
         line = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
         if run.returncode != 0 or not line:
             if run.returncode == -9:
