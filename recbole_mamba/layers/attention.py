@@ -29,10 +29,40 @@ class CausalSelfAttention(nn.Module):
         self.LayerNorm = nn.LayerNorm(d_model, eps=layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (batch, L, D) -> (batch, L, D)."""
+        return self.forward_with_cache(x)[0]
+
+    def forward_with_cache(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (batch, L, D) -> (out (batch, L, D), keys, values (batch, L, H, D/H)).
+
+        The keys and values are the cache :meth:`step` reads: with right-padding, row b's real
+        entries are its first ``length_b``.
+        """
         batch, length, d_model = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
         )
         ctx = ctx.transpose(1, 2).reshape(batch, length, d_model)
+        return self.LayerNorm(self.dropout(self.out(ctx)) + x), k.transpose(1, 2), v.transpose(1, 2)
+
+    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+             count: torch.Tensor) -> torch.Tensor:
+        """One new position per row with a key/value cache (inference; O(t) per row).
+
+        x (batch, D) is the input at position ``count[b]`` of row b; keys, values
+        (batch, capacity, H, D/H) hold positions 0..count[b]-1 and get this position written at
+        ``count[b]`` (in place; capacity must exceed ``count.max()``). Returns (batch, D).
+        """
+        batch, d_model = x.shape
+        if int(count.max()) >= keys.shape[1]:
+            raise ValueError(f"key/value cache of capacity {keys.shape[1]} is full")
+        q, k, v = self.qkv(x).view(batch, 3, self.n_heads, self.head_dim).unbind(1)
+        rows = torch.arange(batch, device=x.device)
+        keys[rows, count] = k
+        values[rows, count] = v
+        scores = torch.einsum("bhd,bchd->bhc", q, keys) / (self.head_dim ** 0.5)
+        visible = torch.arange(keys.shape[1], device=x.device).view(1, -1) <= count.view(-1, 1)
+        scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
+        ctx = torch.einsum("bhc,bchd->bhd", torch.softmax(scores, dim=-1), values).reshape(batch, d_model)
         return self.LayerNorm(self.dropout(self.out(ctx)) + x)

@@ -76,6 +76,33 @@ class InterestPooling(nn.Module):
         return self._prefix(logits)
 
 
+    # ------------------------------------------------------------------ streaming (inference)
+    def running_state(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The online-softmax sums of the causal pooling at each row's last real position.
+
+        x (batch, L, D); mask (batch, L) True at real positions. Returns, in float64,
+        (max (batch, P), norm (batch, P), weighted sum (batch, P, D)) with
+        ``pooled = sum / norm`` (see :meth:`running_update`); max is -inf for an empty row.
+        """
+        logits = (x @ self.theta).double().masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        top = logits.amax(dim=1)
+        safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        w = torch.exp(logits - safe.unsqueeze(1))
+        return top, w.sum(dim=1), torch.einsum("blp,bld->bpd", w, x.double())
+
+    def running_update(self, x: torch.Tensor, top: torch.Tensor, norm: torch.Tensor,
+                       total: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Add one position x (batch, D) to the running sums: online softmax (a running max
+        rescales the older terms), O(P * D) per row. Returns the new (max, norm, sum)."""
+        logit = (x @ self.theta).double()
+        new_top = torch.maximum(top, logit)
+        old_scale = torch.exp(top - new_top)  # 0 when the row was empty (top = -inf)
+        new_w = torch.exp(logit - new_top)
+        norm = norm * old_scale + new_w
+        total = total * old_scale.unsqueeze(-1) + new_w.unsqueeze(-1) * x.double().unsqueeze(1)
+        return new_top, norm, total
+
+
 class LowRankSelfAttention(nn.Module):
     """MLSA4Rec's LSA block: (batch, L, D) -> LN(Dropout(ctx) + x), (batch, L, D)."""
 
@@ -158,3 +185,35 @@ class LowRankSelfAttention(nn.Module):
             ctx = torch.einsum("blhp,bphd->blhd", probs, v)
         ctx = ctx.reshape(x.shape)
         return self.LayerNorm(self.out_dropout(ctx) + x)
+
+    # ------------------------------------------------------------------ streaming (inference)
+    def _require_causal(self) -> None:
+        if not self.causal:
+            raise ValueError(
+                "the non-causal low-rank attention (lsa_causal: False, the authors' form) pools over "
+                "the whole sequence, so a new event changes every earlier position: it cannot be "
+                "updated by a running state. Use a model trained with lsa_causal: True."
+            )
+
+    def forward_with_state(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """Causal form only: x (batch, L, D), mask (batch, L) -> (out (batch, L, D), state).
+
+        ``state`` is the six float64 running sums (key and value pooling, see
+        :meth:`InterestPooling.running_state`) at each row's last real position.
+        """
+        self._require_causal()
+        state = (*self.pool_key.running_state(self.key(x), mask),
+                 *self.pool_value.running_state(self.value(x), mask))
+        return self.forward(x, mask), state
+
+    def step(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        """One new position per row: x (batch, D) -> (out (batch, D), new state); O(P * D)."""
+        self._require_causal()
+        key_state = self.pool_key.running_update(self.key(x), *state[:3])
+        value_state = self.pool_value.running_update(self.value(x), *state[3:])
+        k = self._heads((key_state[2] / key_state[1].unsqueeze(-1)).to(x.dtype))  # (b, P, H, dh)
+        v = self._heads((value_state[2] / value_state[1].unsqueeze(-1)).to(x.dtype))
+        q = self._heads(self.query(x))  # (b, H, dh)
+        scores = torch.einsum("bhd,bphd->bhp", q, k) / math.sqrt(self.head_dim)
+        ctx = torch.einsum("bhp,bphd->bhd", torch.softmax(scores, dim=-1), v).reshape(x.shape)
+        return self.LayerNorm(self.out_dropout(ctx) + x), (*key_state, *value_state)

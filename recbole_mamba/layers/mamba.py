@@ -129,6 +129,45 @@ class Mamba(nn.Module):
         )
         return self.out_proj(y.transpose(1, 2))
 
+    def forward_with_state(
+        self, hidden_states: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Full forward that also returns the :meth:`step` states at each sequence's own end.
+
+        hidden_states (batch, L, d_model), right-padded; lengths (batch,) real positions per row
+        (0 <= length <= L). Returns (out (batch, L, d_model), conv_state (batch, d_inner, d_conv),
+        ssm_state (batch, d_inner, d_state)): the states after position ``length - 1`` (zeros
+        for length 0), so ``step`` on the next input continues each sequence exactly. Outputs at
+        real positions equal :meth:`forward`'s; at padding they are not meaningful (the scan
+        holds the state still there, by a zero time step).
+        """
+        if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
+            raise ValueError(
+                f"Mamba expects (batch, L, d_model={self.d_model}), got {tuple(hidden_states.shape)}"
+            )
+        batch, length, _ = hidden_states.shape
+        lengths = lengths.to(device=hidden_states.device, dtype=torch.long)
+        if lengths.shape != (batch,) or bool((lengths < 0).any()) or bool((lengths > length).any()):
+            raise ValueError(f"Mamba.forward_with_state: lengths must be (batch,) in [0, {length}]")
+        xz = self.in_proj(hidden_states).transpose(1, 2)
+        x_in, z = xz.chunk(2, dim=1)
+        # conv_state = the last d_conv conv inputs before each row's end, zero on the left
+        padded = F.pad(x_in, (self.d_conv, 0))  # original position p sits at p + d_conv
+        idx = lengths.view(batch, 1, 1) + torch.arange(self.d_conv, device=x_in.device).view(1, 1, -1)
+        conv_state = padded.gather(2, idx.expand(batch, self.d_inner, self.d_conv)).contiguous()
+        x = self.act(self.conv1d(x_in)[..., :length])
+        delta, B, C = self._ssm_inputs(x)
+        # softplus here instead of in the scan, so a zero step at padding freezes the state there
+        delta = F.softplus(delta.float() + self.dt_proj.bias.float().unsqueeze(-1))
+        real = torch.arange(length, device=x.device).view(1, 1, -1) < lengths.view(batch, 1, 1)
+        delta = delta * real
+        A = -torch.exp(self.A_log.float())
+        y, ssm_state = selective_scan_fn(
+            x, delta.to(x.dtype), A, B, C, self.D.float(), z=z, delta_bias=None,
+            delta_softplus=False, return_last_state=True, backend=self.backend,
+        )
+        return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
+
     # ------------------------------------------------------------------ one step
     def allocate_inference_cache(
         self, batch_size: int, max_seqlen: int | None = None, dtype: torch.dtype | None = None

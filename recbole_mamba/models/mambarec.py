@@ -34,13 +34,25 @@ class MambaLayer(nn.Module):
         self.ffn = (FeedForward(d_model, inner_size, dropout, hidden_act, eps)
                     if variant == "attention" else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.mamba(x)
+    def _after_mixer(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.residual:
             h = self.LayerNorm(self.dropout(h) + x)
         if self.ffn is not None:
             h = self.ffn(h)
         return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._after_mixer(self.mamba(x), x)
+
+    def forward_with_state(self, x: torch.Tensor, lengths: torch.Tensor):
+        """(batch, L, D), lengths (batch,) -> (out, conv_state, ssm_state) at each row's end."""
+        h, conv_state, ssm_state = self.mamba.forward_with_state(x, lengths)
+        return self._after_mixer(h, x), conv_state, ssm_state
+
+    def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """One position: x (batch, D) -> (batch, D); the states are updated in place."""
+        h = self.mamba.step(x.unsqueeze(1), conv_state, ssm_state)[0].squeeze(1)
+        return self._after_mixer(h, x)
 
 
 class MambaRec(MambaSequentialBase):
@@ -68,4 +80,19 @@ class MambaRec(MambaSequentialBase):
         x = self.embed(self.item_embedding(item_seq))
         for layer in self.layers:
             x = layer(x)
+        return x
+
+    # online state: O(1) per event (one step of each mixer); positions past
+    # MAX_ITEM_LIST_LENGTH reuse the last position embedding (ScaledPositionalEmbedding.step)
+    def encode_with_state(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
+        x = self.embed(self.item_embedding(item_seq))
+        tensors = {}
+        for i, layer in enumerate(self.layers):
+            x, tensors[f"{i}.conv"], tensors[f"{i}.ssm"] = layer.forward_with_state(x, item_seq_len)
+        return x, tensors
+
+    def step_encode(self, item_ids: torch.Tensor, count: torch.Tensor, tensors) -> torch.Tensor:
+        x = self.embed.step(self.item_embedding(item_ids), count)
+        for i, layer in enumerate(self.layers):
+            x = layer.step(x, tensors[f"{i}.conv"], tensors[f"{i}.ssm"])
         return x

@@ -38,6 +38,16 @@ class MambaNormLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.mamba(x)) + x)
 
+    def forward_with_state(self, x: torch.Tensor, lengths: torch.Tensor):
+        """(batch, L, D), lengths (batch,) -> (out, conv_state, ssm_state) at each row's end."""
+        h, conv_state, ssm_state = self.mamba.forward_with_state(x, lengths)
+        return self.LayerNorm(self.dropout(h) + x), conv_state, ssm_state
+
+    def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """One position: x (batch, D) -> (batch, D); the states are updated in place."""
+        h = self.mamba.step(x.unsqueeze(1), conv_state, ssm_state)[0].squeeze(1)
+        return self.LayerNorm(self.dropout(h) + x)
+
 
 class MambaLSAInteraction(nn.Module):
     """The Mamba-LSA interaction layer: x (batch, L, D), mask (batch, L) -> (batch, L, D)."""
@@ -57,12 +67,27 @@ class MambaLSAInteraction(nn.Module):
         self.LayerNorm2 = nn.LayerNorm(d_model, eps=eps)
         self.LayerNorm3 = nn.LayerNorm(d_model, eps=eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        h_m = self.mamba_layer(x)
-        h_a = self.lsa(h_m, mask)
+    def _fuse(self, x: torch.Tensor, h_m: torch.Tensor, h_a: torch.Tensor) -> torch.Tensor:
         h_g = self.LayerNorm2(self.act(self.mlp1(h_a)) * h_m)
         fused = self.act(self.mlp2(torch.cat([h_a, h_g], dim=-1)))
         return self.LayerNorm3(self.dropout(fused) + self.act(self.mlp3(x)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h_m = self.mamba_layer(x)
+        return self._fuse(x, h_m, self.lsa(h_m, mask))
+
+    def forward_with_state(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor):
+        """Causal LSA only: (batch, L, D) -> (out, (conv, ssm, six LSA running sums))."""
+        h_m, conv_state, ssm_state = self.mamba_layer.forward_with_state(x, lengths)
+        h_a, lsa_state = self.lsa.forward_with_state(h_m, mask)
+        return self._fuse(x, h_m, h_a), (conv_state, ssm_state, *lsa_state)
+
+    def step(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        """One position: x (batch, D) -> (out (batch, D), new state); O(P * D) for the LSA."""
+        conv_state, ssm_state = state[:2]
+        h_m = self.mamba_layer.step(x, conv_state, ssm_state)
+        h_a, lsa_state = self.lsa.step(h_m, state[2:])
+        return self._fuse(x, h_m, h_a), (conv_state, ssm_state, *lsa_state)
 
 
 class MLSA4Rec(MambaSequentialBase):
@@ -117,4 +142,27 @@ class MLSA4Rec(MambaSequentialBase):
         x = self.interaction(x, mask)
         for layer in self.mamba_layers:
             x = layer(x)
+        return x
+
+    # online state (causal LSA only): every part O(1) in the history length; the LSA's
+    # running sums cost O(P * D) per event. No position embedding, so no length limit.
+    _INTERACTION_KEYS = ("conv", "ssm", "key_max", "key_norm", "key_sum",
+                         "value_max", "value_norm", "value_sum")
+
+    def encode_with_state(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
+        mask = self.padding_mask(item_seq)
+        x = self.LayerNorm(self.dropout(self.item_embedding(item_seq)))
+        x, state = self.interaction.forward_with_state(x, mask, item_seq_len)
+        tensors = {f"interaction.{k}": v for k, v in zip(self._INTERACTION_KEYS, state)}
+        for i, layer in enumerate(self.mamba_layers):
+            x, tensors[f"{i}.conv"], tensors[f"{i}.ssm"] = layer.forward_with_state(x, item_seq_len)
+        return x, tensors
+
+    def step_encode(self, item_ids: torch.Tensor, count: torch.Tensor, tensors) -> torch.Tensor:
+        x = self.LayerNorm(self.dropout(self.item_embedding(item_ids)))
+        state = tuple(tensors[f"interaction.{k}"] for k in self._INTERACTION_KEYS)
+        x, state = self.interaction.step(x, state)
+        tensors.update({f"interaction.{k}": v for k, v in zip(self._INTERACTION_KEYS, state)})
+        for i, layer in enumerate(self.mamba_layers):
+            x = layer.step(x, tensors[f"{i}.conv"], tensors[f"{i}.ssm"])
         return x

@@ -1,0 +1,77 @@
+"""Models for the benchmarks, built through RecBole's own ``Config`` on a real dataset.
+
+The benchmarks time models at many sequence lengths; what they need from a dataset is only its
+field names and item count, so one dataset (ml-100k from RecBole's wheel by default) is loaded
+once and every model is built on it with ``MAX_ITEM_LIST_LENGTH`` set to the length measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import tempfile
+
+import torch
+
+import recbole_mamba  # noqa: F401  (compat fixes, registration)
+
+#: the common ground of every model in a benchmark: CE over all items, no sampled negatives
+BENCH_CONFIG = {
+    "loss_type": "CE",
+    "train_neg_sample_args": None,
+    "hidden_size": 64,
+    "show_progress": False,
+    "log_wandb": False,
+    "seed": 2024,
+}
+
+
+@contextlib.contextmanager
+def _quiet_recbole():
+    """RecBole's ``Config`` parses ``sys.argv`` and writes ``log/`` under the working directory:
+    keep the benchmark's own flags away from it and its files in a temporary folder."""
+    argv, cwd = sys.argv, os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="recbole-mamba-bench-") as tmp:
+        sys.argv = argv[:1]
+        os.chdir(tmp)
+        try:
+            yield tmp
+        finally:
+            sys.argv = argv
+            os.chdir(cwd)
+
+
+@functools.lru_cache(maxsize=4)
+def bench_dataset(name: str = "ml-100k"):
+    """RecBole's dataset ``name`` (loaded and filtered once per process)."""
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    with _quiet_recbole():
+        config = Config(model="SASRec", dataset=name, config_dict=dict(BENCH_CONFIG))
+        return create_dataset(config)
+
+
+def build_model(model: str, length: int, device: str = "cpu", dataset: str = "ml-100k",
+                **overrides) -> torch.nn.Module:
+    """``model`` (ours or RecBole's) with ``MAX_ITEM_LIST_LENGTH = length``, on ``device``,
+    in eval mode; ``overrides`` are RecBole config keys."""
+    from recbole.config import Config
+
+    from recbole_mamba.registry import get_model
+
+    data = bench_dataset(dataset)
+    config_dict = {**BENCH_CONFIG, "MAX_ITEM_LIST_LENGTH": int(length), **overrides}
+    with _quiet_recbole():
+        config = Config(model=model, dataset=dataset, config_dict=config_dict)
+    config["device"] = torch.device(device)
+    torch.manual_seed(0)
+    return get_model(model)(config, data).to(device).eval()
+
+
+def random_sequences(n_items: int, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """(batch, length) random internal item ids in [1, n_items)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, n_items, (batch, length), generator=g)
