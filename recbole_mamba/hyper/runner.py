@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from recbole_mamba.hyper.space import SpaceError, default_space_file, load_space, to_tune
+from recbole_mamba.hyper.trainable import attempts_file
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,20 @@ def _base_config(args: argparse.Namespace, passthrough: dict) -> tuple[list[str]
     return files, base, str(config["valid_metric"]).lower()
 
 
+def init_ray(address: str | None) -> None:
+    """Connect to ``address`` (an existing cluster), or start a local Ray instance whose workers
+    can import this package even from a source checkout (its folder goes on their PYTHONPATH)."""
+    import ray
+
+    runtime_env = None
+    if address is None:
+        package_root = str(Path(__file__).resolve().parents[2])
+        paths = [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
+    ray.init(address=address, include_dashboard=False, configure_logging=False,
+             log_to_driver=False, runtime_env=runtime_env)
+
+
 def _search_alg(name: str, metric: str, mode: str, seed: int, max_concurrent: int):
     if name == "random":
         return None
@@ -142,7 +157,14 @@ def _scheduler(args: argparse.Namespace):
                          reduction_factor=args.reduction_factor)
 
 
-def trial_rows(results, metric: str, mode: str, max_epochs: int, params: list[str]) -> list[dict]:
+def _trial_id_from_path(path: str | None) -> str:
+    """``.../recbole_trainable_6d39d_00000_0_...`` -> ``6d39d_00000``."""
+    parts = Path(path or "?").name.split("_")
+    return "_".join(parts[2:4]) if len(parts) >= 4 else Path(path or "?").name
+
+
+def trial_rows(results, metric: str, mode: str, max_epochs: int, params: list[str],
+               experiment_dir: Path) -> list[dict]:
     """One row per trial, sorted by the best validation metric (errored trials last)."""
     rows = []
     for result in results:
@@ -157,8 +179,11 @@ def trial_rows(results, metric: str, mode: str, max_epochs: int, params: list[st
             status = f"stopped at epoch {epochs}"
         else:
             status = "completed"
-        row = {"trial": Path(result.path).name if result.path else "?", "status": status,
-               "epochs": epochs, metric: best}
+        trial_id = (result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path)
+        starts = attempts_file(experiment_dir, trial_id)
+        attempts = len(starts.read_text().split()) if starts.is_file() else 0
+        row = {"trial": trial_id, "status": status,
+               "epochs": epochs, "attempts": attempts, metric: best}
         row.update({p: result.config.get(p) for p in params})
         if result.error is not None:
             row["error"] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:200]}"
@@ -258,13 +283,14 @@ def run(args: argparse.Namespace, passthrough: dict) -> dict:
     if args.resume and not folder.exists():
         raise HyperError(f"--resume: no experiment at {folder}")
 
+    # one checkpoint per epoch is the point here; Ray's warning about frequent snapshots is noise
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False)
+        init_ray(args.address)
     trainable = tune.with_resources(
         tune.with_parameters(recbole_trainable, model=args.model, dataset=args.dataset,
                              config_files=files, base_config=base, save_model=args.save_models,
-                             cpus=args.cpus_per_trial),
+                             cpus=args.cpus_per_trial, experiment_dir=str(folder)),
         {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
     )
     start = time.time()
@@ -292,7 +318,7 @@ def run(args: argparse.Namespace, passthrough: dict) -> dict:
         )
     results = tuner.fit()
     wall = time.time() - start
-    rows = trial_rows(results, metric, mode, args.max_epochs, list(space))
+    rows = trial_rows(results, metric, mode, args.max_epochs, list(space), folder)
     write_tables(rows, folder, metric)
     summary: dict[str, Any] = {
         "model": args.model, "dataset": args.dataset, "metric": metric, "scheduler": args.scheduler,

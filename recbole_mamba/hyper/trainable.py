@@ -10,7 +10,6 @@ preemption resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,11 @@ from typing import Any
 import torch
 
 CHECKPOINT_FILE = "trial_state.pt"
+
+
+def attempts_file(experiment_dir: Path, trial_id: str) -> Path:
+    """Where a trial records its starts (first run, retries, resumes)."""
+    return Path(experiment_dir) / "attempts" / f"{trial_id}.txt"
 
 
 def _plain(value: Any) -> Any:
@@ -38,11 +42,13 @@ def set_threads(cpus: float) -> None:
 
 
 def recbole_trainable(trial_config: dict, *, model: str, dataset: str, config_files: list[str],
-                      base_config: dict, save_model: bool, cpus: float) -> None:
+                      base_config: dict, save_model: bool, cpus: float, experiment_dir: str) -> None:
     """Train ``model`` on ``dataset`` with ``base_config`` updated by ``trial_config``.
 
     Reports ``{valid metrics..., "epoch": e}`` after every validation (``eval_step`` epochs).
-    Must run inside a Ray Tune trial.
+    Must run inside a Ray Tune trial. ``experiment_dir`` (the experiment's storage folder) gets
+    ``attempts/<trial_id>.txt`` (one line per start of the trial) and, with ``save_model``,
+    RecBole's checkpoints under ``models/<trial_id>/``.
     """
     from ray import tune
     from recbole.config import Config
@@ -53,9 +59,15 @@ def recbole_trainable(trial_config: dict, *, model: str, dataset: str, config_fi
     from recbole_mamba.registry import get_model
 
     set_threads(cpus)
-    trial_dir = Path(tune.get_context().get_trial_dir() or os.getcwd())
-    config_dict = {**base_config, **trial_config, "checkpoint_dir": str(trial_dir / "saved"),
-                   "show_progress": False}
+    trial_id = tune.get_context().get_trial_id() or "local"
+    experiment = Path(experiment_dir)
+    config_dict = {**base_config, **trial_config,
+                   "checkpoint_dir": str(experiment / "models" / trial_id), "show_progress": False}
+    checkpoint = tune.get_checkpoint()
+    attempts = attempts_file(experiment, trial_id)  # one line per start: retries show in the table
+    attempts.parent.mkdir(parents=True, exist_ok=True)
+    with open(attempts, "a") as handle:
+        handle.write("resumed\n" if checkpoint is not None else "fresh\n")
     config = Config(model=model, dataset=dataset, config_file_list=config_files or None,
                     config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -66,7 +78,6 @@ def recbole_trainable(trial_config: dict, *, model: str, dataset: str, config_fi
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
 
-    checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=config["device"],
