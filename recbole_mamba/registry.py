@@ -101,7 +101,7 @@ def get_model(model_name: str) -> type:
         return _MODELS[model_name]
     try:
         cls = _ORIGINAL_GET_MODEL(model_name)
-    except (ValueError, ImportError) as exc:
+    except (ValueError, ImportError, AttributeError) as exc:  # AttributeError: "SASrec" finds sasrec.py
         ours = registered_models()
         theirs = recbole_models()
         close = difflib.get_close_matches(model_name, ours + theirs, n=3, cutoff=0.6)

@@ -39,6 +39,9 @@ def test_unknown_model_lists_available_models():
     assert "Unknown model 'MambaRek'" in msg and "Did you mean MambaRec" in msg
     assert "MLSA4Rec" in msg and "SASRec" in msg
     assert "lightgbm" not in msg.split("RecBole's own lookup")[0]
+    # a wrong case that still finds RecBole's module file (sasrec.py) used to escape as AttributeError
+    with pytest.raises(ValueError, match="Did you mean SASRec"):
+        ru.get_model("SASrec")
 
 
 def test_yaml_defaults_loaded_and_overridable(in_tmp):

@@ -124,8 +124,10 @@ def init_ray(address: str | None) -> None:
 
 
 def _search_alg(name: str, metric: str, mode: str, seed: int, max_concurrent: int):
-    if name == "random":
-        return None
+    if name == "random":  # seeded, so that two runs (e.g. ASHA vs FIFO) sample the same configs
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
     try:
         if name == "optuna":
             from ray.tune.search.optuna import OptunaSearch
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("tensorboardX").setLevel(logging.WARNING)  # one line per '@' in a metric name
     try:
         passthrough = parse_passthrough(extra)
         summary = run(args, passthrough)

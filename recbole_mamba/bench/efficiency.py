@@ -1,0 +1,237 @@
+"""Efficiency against sequence length: training step time, inference time and peak memory per
+model and length, with ratios to SASRec measured in the same run.
+
+    python -m recbole_mamba.bench --models SASRec,MambaRec,MLSA4Rec,MoEMaTrRec \\
+        --lengths 200,500,1000,2000,5000 [--batch-size 32] [--steps 2] [--device cpu|cuda] \\
+        [--memory-limit-gib 16] --out results/bench
+
+Every (model, length) runs in a fresh child process: one warm-up step, then ``--steps`` timed
+training steps (RecBole's ``calculate_loss`` on a batch of full-length sequences, CE over all
+items at the last position, backward, Adam step) and as many timed inference passes
+(``full_sort_predict``). Peak memory is the step's: on CPU the resident high-water mark
+(``VmHWM``, reset through ``/proc/self/clear_refs`` once the model and batch exist) above the
+resident size before the steps; on CUDA ``torch.cuda.max_memory_allocated``. A child that runs
+out of memory (an allocation error, the ``--memory-limit-gib`` address-space cap, or the kernel's
+OOM killer) is recorded as ``OOM``, and the benchmark goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from recbole_mamba.bench.proc import child_env, status_bytes
+
+COLUMNS = ["model", "length", "batch", "status", "train_step_s", "infer_s", "peak_mib",
+           "train_vs_sasrec", "infer_vs_sasrec", "memory_vs_sasrec"]
+
+
+def _child(model: str, length: int, batch: int, steps: int, device: str) -> dict:
+    """Child process: time and measure one (model, length)."""
+    import torch
+    from recbole.data.interaction import Interaction
+
+    from recbole_mamba.bench.models import build_model, random_sequences
+
+    net = build_model(model, length, device=device, train_mode="augment").train()
+    seqs = random_sequences(net.n_items, batch, length + 1, seed=length).to(device)
+    data = Interaction({
+        net.ITEM_SEQ: seqs[:, :-1], net.ITEM_SEQ_LEN: torch.full((batch,), length, device=device),
+        net.POS_ITEM_ID: seqs[:, -1],
+    }).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    cuda = device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def train_step():
+        optimizer.zero_grad()
+        net.calculate_loss(data).backward()
+        optimizer.step()
+
+    train_step()  # warm-up: kernels compiled, optimizer state allocated
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident size
+    tick = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    sync()
+    train_s = (time.perf_counter() - tick) / steps
+    net.eval()
+    with torch.no_grad():
+        net.full_sort_predict(data)
+        sync()
+        tick = time.perf_counter()
+        for _ in range(steps):
+            net.full_sort_predict(data)
+        sync()
+        infer_s = (time.perf_counter() - tick) / steps
+    peak = (torch.cuda.max_memory_allocated() if cuda else status_bytes("VmHWM")) - before
+    return {"train_step_s": train_s, "infer_s": infer_s, "peak_bytes": peak}
+
+
+def measure(model: str, length: int, batch: int, steps: int, device: str,
+            memory_limit_gib: float | None, timeout: float | None) -> dict:
+    """One row, measured in a child process; OOM and other failures become the row's status."""
+    spec = json.dumps({"model": model, "length": length, "batch": batch, "steps": steps, "device": device,
+                       "memory_limit_gib": memory_limit_gib})
+    row = {"model": model, "length": length, "batch": batch}
+    try:
+        run = subprocess.run([sys.executable, "-m", "recbole_mamba.bench.efficiency", "--child", spec],
+                             capture_output=True, text=True, env=child_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "status": f"timeout ({timeout:.0f} s)"}
+    lines = run.stdout.strip().splitlines()
+    if run.returncode == 0 and lines:
+        result = json.loads(lines[-1])
+        return {**row, "status": "ok", "train_step_s": result["train_step_s"], "infer_s": result["infer_s"],
+                "peak_mib": result["peak_bytes"] / 2**20}
+    text = run.stderr + run.stdout
+    oom = run.returncode in (-9, 137) or any(s in text for s in (
+        "out of memory", "OutOfMemoryError", "MemoryError", "Cannot allocate memory", "std::bad_alloc",
+        "DefaultCPUAllocator: can't allocate"))
+    if oom:
+        return {**row, "status": "OOM"}
+    last = [l for l in text.strip().splitlines() if l.strip()]
+    return {**row, "status": f"failed: {last[-1][:200] if last else run.returncode}"}
+
+
+def add_ratios(rows: list[dict], baseline: str = "SASRec") -> None:
+    """Ratios to the baseline model at the same length (where both ran)."""
+    base = {r["length"]: r for r in rows if r["model"] == baseline and r["status"] == "ok"}
+    for r in rows:
+        b = base.get(r["length"])
+        if r["status"] != "ok" or b is None:
+            continue
+        r["train_vs_sasrec"] = r["train_step_s"] / b["train_step_s"]
+        r["infer_vs_sasrec"] = r["infer_s"] / b["infer_s"]
+        r["memory_vs_sasrec"] = r["peak_mib"] / b["peak_mib"] if b["peak_mib"] > 0 else None
+
+
+def _cell(r: dict, key: str, fmt: str) -> str:
+    value = r.get(key)
+    if value is None:
+        return r["status"] if key == "train_step_s" and r["status"] != "ok" else "-"
+    return format(value, fmt)
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    mem = "peak GPU memory (MiB)" if device.startswith("cuda") else "peak RSS above start (MiB)"
+    head = ["model", "L", "train step (s)", "inference (s)", mem, "train vs SASRec", "infer vs SASRec",
+            "memory vs SASRec"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["model"], str(r["length"]), _cell(r, "train_step_s", ".3f"), _cell(r, "infer_s", ".3f"),
+            _cell(r, "peak_mib", ".0f"), _cell(r, "train_vs_sasrec", ".2f"), _cell(r, "infer_vs_sasrec", ".2f"),
+            _cell(r, "memory_vs_sasrec", ".2f")]) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, device: str, batch: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    keys = [("train_step_s", "training step (s)"), ("infer_s", "inference (s)"),
+            ("peak_mib", "peak memory (MiB)")]
+    for ax, (key, label) in zip(axes, keys):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            pts = [(r["length"], r[key]) for r in rows if r["model"] == model and r.get(key)]
+            if pts:
+                line, = ax.plot(*zip(*pts), marker="o", label=model)
+                failed = [r["length"] for r in rows if r["model"] == model and r["status"] != "ok"]
+                for x in failed:
+                    ax.annotate("OOM" if any(r["status"] == "OOM" for r in rows if r["model"] == model and r["length"] == x) else "x",
+                                (x, pts[-1][1]), color=line.get_color(), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"batch {batch}, {device}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        spec = json.loads(argv[1])
+        if spec.get("memory_limit_gib") and not spec["device"].startswith("cuda"):
+            import resource
+
+            cap = int(spec["memory_limit_gib"] * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        print(json.dumps(_child(spec["model"], spec["length"], spec["batch"], spec["steps"], spec["device"])))
+        return 0
+    p = argparse.ArgumentParser(prog="python -m recbole_mamba.bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="SASRec,MambaRec,MLSA4Rec,MoEMaTrRec")
+    p.add_argument("--lengths", default="200,500,1000,2000,5000")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--memory-limit-gib", type=float, default=16.0,
+                   help="CPU: address-space cap per child, so that a model that does not fit fails "
+                        "cleanly as OOM instead of swapping the machine (0: none)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per (model, length)")
+    p.add_argument("--out", default=None, help="folder for efficiency.csv, efficiency.md, efficiency.png")
+    args = p.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    lengths = sorted(int(x) for x in args.lengths.split(","))
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
+    if "SASRec" not in models:
+        print("note: SASRec is not in --models, so no ratios are computed", file=sys.stderr)
+    rows = []
+    print(f"batch {args.batch_size}, device {args.device}, {args.steps} timed step(s)")
+    for model in models:
+        for length in lengths:
+            row = measure(model, length, args.batch_size, args.steps, args.device,
+                          args.memory_limit_gib or None, args.timeout)
+            rows.append(row)
+            if row["status"] == "ok":
+                print(f"{model:>11} L={length:<5} train {row['train_step_s']:.3f} s  infer "
+                      f"{row['infer_s']:.3f} s  peak {row['peak_mib']:.0f} MiB", flush=True)
+            else:
+                print(f"{model:>11} L={length:<5} {row['status']}", flush=True)
+    add_ratios(rows)
+    table = markdown(rows, args.device)
+    print()
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "efficiency.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        (out / "efficiency.md").write_text(f"batch {args.batch_size}, {args.device}\n\n{table}\n")
+        plot(rows, out / "efficiency.png", args.device, args.batch_size)
+        print(f"wrote {out / 'efficiency.csv'}, {out / 'efficiency.md'}, {out / 'efficiency.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

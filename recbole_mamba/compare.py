@@ -1,0 +1,321 @@
+"""Side by side with RecBole's baselines: every model under one split, metrics and budget.
+
+    python -m recbole_mamba.compare --dataset ml-1m \\
+        --models SASRec,GRU4Rec,BERT4Rec,LightSANs,MambaRec,MLSA4Rec,MoEMaTrRec \\
+        [--config-files common.yaml] [--seeds 1,2,3] [--epochs N] --out results/ml-1m [--key=value ...]
+
+Each (model, seed) is one RecBole run (``run_recbole``: RecBole's split, trainer, early stopping
+and evaluation; the test metrics are those of the best validation checkpoint) in its own child
+process, so that one model's crash or memory cannot touch another's and its peak memory is its
+own. Per run, ``<out>/runs/<model>/seed<seed>/`` keeps ``run.log`` and, when it finished,
+``result.json``; a finished run is never rerun (delete its folder to redo it), so an interrupted
+comparison resumes where it stopped. A run that fails is reported in the table and the others go
+on. The outputs: ``results.csv`` (one row per run), ``results.md`` (mean +- std over seeds, best
+per metric in bold, run time and peak memory) and ``results.png`` (the main metric with error
+bars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recbole_mamba.bench.proc import child_env, status_bytes
+
+
+class CompareError(ValueError):
+    """A bad command line, reported without a traceback."""
+
+
+# --------------------------------------------------------------------------- one run (child)
+def run_one(spec: dict) -> dict:
+    """Child process: one RecBole run from ``spec``; returns the result dict."""
+    import torch
+    from recbole.quick_start import run_recbole
+
+    import recbole_mamba  # noqa: F401
+
+    run_dir = Path(spec["run_dir"])
+    config_dict = {**spec["config"], "seed": spec["seed"], "checkpoint_dir": str(run_dir / "saved"),
+                   "show_progress": False}
+    sys.argv = sys.argv[:1]
+    os.chdir(run_dir)
+    start = time.time()
+    result = run_recbole(model=spec["model"], dataset=spec["dataset"],
+                         config_file_list=spec["config_files"] or None, config_dict=config_dict,
+                         saved=True)
+    wall = time.time() - start
+    for ckpt in (run_dir / "saved").glob("*.pth"):  # the best model was only needed for the test
+        if not spec.get("keep_checkpoints"):
+            ckpt.unlink()
+    peak_gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    return {
+        "model": spec["model"], "seed": spec["seed"], "dataset": spec["dataset"],
+        "run_s": round(wall, 2), "peak_rss_bytes": status_bytes("VmHWM", 0),
+        "peak_gpu_bytes": peak_gpu,
+        "best_valid_score": float(result["best_valid_score"]),
+        "valid": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
+        "test": {k: float(v) for k, v in result["test_result"].items()},
+    }
+
+
+def _child_main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    result = run_one(spec)
+    out = Path(spec["run_dir"]) / "result.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)  # a result.json is always whole: it marks the run as finished
+    return 0
+
+
+# --------------------------------------------------------------------------- the comparison
+def parse_passthrough(extra: list[str]) -> dict[str, Any]:
+    """RecBole-style ``--key=value`` flags -> config dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in extra:
+        if not item.startswith("--") or "=" not in item:
+            raise CompareError(f"unrecognised argument {item!r}: RecBole config flags look like --key=value")
+        key, value = item[2:].split("=", 1)
+        parsed = yaml.safe_load(value) if value else None
+        out[key] = None if parsed == "None" else parsed  # RecBole's command line spells null None
+    return out
+
+
+def _last_error(log: Path) -> str:
+    """The last exception line of a run's log (what the table shows for a failed run)."""
+    if not log.is_file():
+        return "no log"
+    lines = [l.strip() for l in log.read_text(errors="replace").splitlines() if l.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line or line.startswith("Killed"):
+            return line[:300]
+    return lines[-1][:300] if lines else "failed with no output"
+
+
+def run_all(models: list[str], seeds: list[int], dataset: str, config_files: list[str],
+            config: dict, out: Path, timeout: float | None, keep_checkpoints: bool = False,
+            echo=print) -> list[dict]:
+    """Run every (model, seed) that has no result yet; return one record per (model, seed)."""
+    records = []
+    total = len(models) * len(seeds)
+    for n, (model, seed) in enumerate(((m, s) for m in models for s in seeds), start=1):
+        run_dir = out / "runs" / model / f"seed{seed}"
+        result_file = run_dir / "result.json"
+        label = f"[{n}/{total}] {model} seed {seed}"
+        if result_file.is_file():
+            echo(f"{label}: done before, kept ({result_file})")
+            records.append(json.loads(result_file.read_text()))
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"model": model, "seed": seed, "dataset": dataset, "config_files": config_files,
+                "config": config, "run_dir": str(run_dir.resolve()), "keep_checkpoints": keep_checkpoints}
+        spec_file = run_dir / "spec.json"
+        spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+        echo(f"{label}: running (log: {run_dir / 'run.log'})")
+        start = time.time()
+        with open(run_dir / "run.log", "w") as log:
+            try:
+                proc = subprocess.run([sys.executable, "-m", "recbole_mamba.compare", "--child", str(spec_file)],
+                                      stdout=log, stderr=subprocess.STDOUT, env=child_env(), timeout=timeout)
+                code = proc.returncode
+            except subprocess.TimeoutExpired:
+                code = "timeout"
+        if result_file.is_file():
+            record = json.loads(result_file.read_text())
+            echo(f"{label}: finished in {record['run_s']:.0f} s, test {_brief(record['test'])}")
+        else:
+            reason = f"timed out after {timeout:.0f} s" if code == "timeout" else (
+                "killed (out of memory?)" if code in (-9, 137) else _last_error(run_dir / "run.log"))
+            record = {"model": model, "seed": seed, "dataset": dataset, "error": reason,
+                      "run_s": round(time.time() - start, 2)}
+            echo(f"{label}: FAILED: {reason}")
+        records.append(record)
+    return records
+
+
+def _brief(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def write_csv(records: list[dict], path: Path) -> list[str]:
+    """One row per run; returns the metric names (test metrics, in RecBole's order)."""
+    metrics = list(dict.fromkeys(k for r in records for k in r.get("test", {})))
+    columns = ["model", "seed", "status"] + [f"test_{m}" for m in metrics] + \
+              [f"valid_{m}" for m in metrics] + ["run_s", "peak_rss_mib", "peak_gpu_mib", "error"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for r in records:
+            row = {"model": r["model"], "seed": r["seed"], "status": "failed" if "error" in r else "ok",
+                   "run_s": r.get("run_s"), "error": r.get("error", "")}
+            for m in metrics:
+                row[f"test_{m}"] = r.get("test", {}).get(m)
+                row[f"valid_{m}"] = r.get("valid", {}).get(m)
+            if r.get("peak_rss_bytes"):
+                row["peak_rss_mib"] = round(r["peak_rss_bytes"] / 2**20)
+            if r.get("peak_gpu_bytes"):
+                row["peak_gpu_mib"] = round(r["peak_gpu_bytes"] / 2**20)
+            writer.writerow(row)
+    return metrics
+
+
+def summarize(records: list[dict], models: list[str], metrics: list[str]) -> list[dict]:
+    """Per model: mean and std of each test metric over its finished seeds."""
+    rows = []
+    for model in models:
+        mine = [r for r in records if r["model"] == model]
+        done = [r for r in mine if "error" not in r]
+        row: dict[str, Any] = {"model": model, "seeds": len(done), "failed": len(mine) - len(done),
+                               "errors": sorted({r["error"] for r in mine if "error" in r})}
+        for m in metrics:
+            values = [r["test"][m] for r in done if m in r["test"]]
+            row[m] = _mean_std(values) if values else None
+        if done:
+            row["run_s"] = _mean_std([r["run_s"] for r in done])
+            row["peak_rss_mib"] = max(r.get("peak_rss_bytes") or 0 for r in done) / 2**20
+        rows.append(row)
+    return rows
+
+
+def write_markdown(summary: list[dict], metrics: list[str], path: Path, title: str) -> None:
+    best = {}
+    for m in metrics:
+        values = [r[m][0] for r in summary if r.get(m)]
+        if values:
+            best[m] = max(values)
+    head = ["model"] + metrics + ["seeds", "run time (s)", "peak RSS (MiB)"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary:
+        cells = [r["model"]]
+        for m in metrics:
+            if not r.get(m):
+                cells.append("failed" if r["failed"] else "-")
+                continue
+            mean, std = r[m]
+            text = f"{mean:.4f} ± {std:.4f}" if r["seeds"] > 1 else f"{mean:.4f}"
+            cells.append(f"**{text}**" if abs(mean - best[m]) < 1e-12 else text)
+        cells.append(f"{r['seeds']}" + (f" ({r['failed']} failed)" if r["failed"] else ""))
+        cells.append(f"{r['run_s'][0]:.0f}" if r.get("run_s") else "-")
+        cells.append(f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    failures = [(r["model"], e) for r in summary for e in r["errors"]]
+    if failures:
+        lines += ["", "Failed runs:"] + [f"- {m}: {e}" for m, e in failures]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(summary: list[dict], metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in summary if r.get(metric)]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(summary) + 1), 3.6))
+    if shown:
+        x = range(len(shown))
+        ax.errorbar(list(x), [r[metric][0] for r in shown], yerr=[r[metric][1] for r in shown],
+                    fmt="o", capsize=4)
+        ax.set_xticks(list(x), [r["model"] for r in shown], rotation=30, ha="right")
+    failed = [r["model"] for r in summary if not r.get(metric)]
+    if failed:
+        ax.text(0.99, 0.02, "failed: " + ", ".join(failed), transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=8, color="crimson")
+    ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main_metric(config_files: list[str], config: dict) -> str:
+    """The configuration's valid_metric (later files and then flags win; RecBole's default
+    MRR@10), lower-cased."""
+    metric = None
+    for f in config_files:
+        loaded = yaml.safe_load(Path(f).read_text()) or {}
+        metric = loaded.get("valid_metric", metric)
+    return str(config.get("valid_metric", metric) or "MRR@10").lower()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m recbole_mamba.compare", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--models", required=True, help="comma-separated model names (ours and RecBole's)")
+    p.add_argument("--config-files", default="", help="RecBole config files for every run (space- or comma-separated)")
+    p.add_argument("--seeds", default="2024", help="comma-separated seeds (default 2024)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs for every model (the same budget)")
+    p.add_argument("--out", required=True, help="output folder (results.csv/md/png, runs/)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per run before it is stopped and reported")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's best RecBole checkpoint")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--child" in argv:
+        return _child_main(argv[argv.index("--child") + 1])
+    args, extra = parser.parse_known_args(argv)
+    try:
+        from recbole_mamba.registry import get_model
+
+        config = parse_passthrough(extra)
+        if args.epochs is not None:
+            if args.epochs < 1:
+                raise CompareError("--epochs must be at least 1")
+            config["epochs"] = args.epochs
+        models = list(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
+        if not models:
+            raise CompareError("--models is empty")
+        for m in models:
+            get_model(m)  # unknown names fail now, with the list of models, not after hours of runs
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise CompareError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        files = [str(Path(f).resolve()) for f in args.config_files.replace(",", " ").split() if f]
+        for f in files:
+            if not Path(f).is_file():
+                raise CompareError(f"config file {f} does not exist")
+    except (CompareError, ValueError) as exc:
+        print(f"compare: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = run_all(models, seeds, args.dataset, files, config, out, args.timeout, args.keep_checkpoints)
+    metrics = write_csv(records, out / "results.csv")
+    summary = summarize(records, models, metrics)
+    metric = main_metric(files, config)
+    title = f"{args.dataset}: test metrics, {len(seeds)} seed(s)"
+    write_markdown(summary, metrics, out / "results.md", title)
+    write_plot(summary, metric if metric in metrics else (metrics[0] if metrics else metric),
+               out / "results.png", title)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
+    return 0 if any("error" not in r for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The comparison runner and the efficiency benchmark, end to end on ml-100k with tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from recbole_mamba import compare
+from recbole_mamba.bench import efficiency
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--user_inter_num_interval=[20,60]", "--MAX_ITEM_LIST_LENGTH=10", "--hidden_size=16",
+        "--d_state=8", "--embedding_size=16", "--train_batch_size=2048", "--eval_batch_size=4096",
+        "--valid_metric=NDCG@10", "--metrics=[Hit,NDCG,MRR]", "--topk=[10]", "--loss_type=CE",
+        "--train_neg_sample_args=None"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_compare_writes_table_plot_and_resumes(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    # MoEMaTrRec with 3 heads on width 16 fails in its constructor: reported, the others still run
+    argv = ["--dataset", "ml-100k", "--models", "MambaRec,GRU4Rec,MoEMaTrRec", "--epochs", "1",
+            "--seeds", "1,2", "--out", str(out), "--n_heads=3", *TINY]
+    assert compare.main(argv) == 0
+    rows = read_csv(out / "results.csv")
+    assert [(r["model"], r["seed"], r["status"]) for r in rows] == [
+        ("MambaRec", "1", "ok"), ("MambaRec", "2", "ok"), ("GRU4Rec", "1", "ok"), ("GRU4Rec", "2", "ok"),
+        ("MoEMaTrRec", "1", "failed"), ("MoEMaTrRec", "2", "failed")]
+    assert all(0 <= float(r["test_ndcg@10"]) <= float(r["test_hit@10"]) for r in rows if r["status"] == "ok")
+    assert all(float(r["run_s"]) > 0 and int(r["peak_rss_mib"]) > 100 for r in rows if r["status"] == "ok")
+    assert "must be a multiple of n_heads" in rows[-1]["error"]
+    md = (out / "results.md").read_text()
+    assert "| MambaRec |" in md and "| GRU4Rec |" in md and "MoEMaTrRec: ValueError" in md
+    assert md.count("**") >= 2 * 3  # the best value of each metric in bold
+    assert " ± " in md  # two seeds: mean ± std
+    assert (out / "results.png").stat().st_size > 1000
+    assert (out / "runs" / "GRU4Rec" / "seed1" / "run.log").stat().st_size > 0
+    assert not list(out.glob("runs/*/*/saved/*.pth"))
+    first = json.loads((out / "runs" / "MambaRec" / "seed1" / "result.json").read_text())
+    capsys.readouterr()
+    # a second call reruns only what did not finish
+    assert compare.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done before, kept") == 4 and printed.count("FAILED") == 2
+    assert json.loads((out / "runs" / "MambaRec" / "seed1" / "result.json").read_text()) == first
+
+
+def test_compare_rejects_unknown_model_before_running(tmp_path, capsys):
+    assert compare.main(["--dataset", "ml-100k", "--models", "MambaRec,SASrec", "--out", str(tmp_path / "x")]) == 2
+    assert "Did you mean SASRec" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_efficiency_bench_two_lengths(tmp_path):
+    out = tmp_path / "bench"
+    assert efficiency.main(["--models", "SASRec,MambaRec", "--lengths", "16,32", "--batch-size", "4",
+                            "--steps", "1", "--out", str(out)]) == 0
+    rows = read_csv(out / "efficiency.csv")
+    assert [(r["model"], r["length"], r["status"]) for r in rows] == [
+        ("SASRec", "16", "ok"), ("SASRec", "32", "ok"), ("MambaRec", "16", "ok"), ("MambaRec", "32", "ok")]
+    assert all(float(r["train_step_s"]) > 0 and float(r["infer_s"]) > 0 for r in rows)
+    assert all(float(r["train_vs_sasrec"]) == 1.0 for r in rows if r["model"] == "SASRec")
+    assert (out / "efficiency.png").stat().st_size > 1000
+    assert "train vs SASRec" in (out / "efficiency.md").read_text()
+
+
+def test_efficiency_bench_records_out_of_memory():
+    row = efficiency.measure("SASRec", 64, 2, 1, "cpu", memory_limit_gib=0.05, timeout=300)
+    assert row["status"] == "OOM"
