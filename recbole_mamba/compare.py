@@ -2,7 +2,8 @@
 
     python -m recbole_mamba.compare --dataset ml-1m \\
         --models SASRec,GRU4Rec,BERT4Rec,LightSANs,MambaRec,MLSA4Rec,MoEMaTrRec \\
-        [--config-files common.yaml] [--seeds 1,2,3] [--epochs N] --out results/ml-1m [--key=value ...]
+        [--config-files common.yaml] [--model-config BERT4Rec=bert.yaml] [--seeds 1,2,3] [--epochs N]
+        --out results/ml-1m [--key=value ...]
 
 Each (model, seed) is one RecBole run (``run_recbole``: RecBole's split, trainer, early stopping
 and evaluation; the test metrics are those of the best validation checkpoint) in its own child
@@ -105,8 +106,10 @@ def _last_error(log: Path) -> str:
 
 def run_all(models: list[str], seeds: list[int], dataset: str, config_files: list[str],
             config: dict, out: Path, timeout: float | None, keep_checkpoints: bool = False,
-            echo=print) -> list[dict]:
-    """Run every (model, seed) that has no result yet; return one record per (model, seed)."""
+            echo=print, per_model: dict[str, list[str]] | None = None) -> list[dict]:
+    """Run every (model, seed) that has no result yet; return one record per (model, seed).
+
+    ``per_model`` adds config files for single models, after the common ``config_files``."""
     records = []
     total = len(models) * len(seeds)
     for n, (model, seed) in enumerate(((m, s) for m in models for s in seeds), start=1):
@@ -118,7 +121,8 @@ def run_all(models: list[str], seeds: list[int], dataset: str, config_files: lis
             records.append(json.loads(result_file.read_text()))
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"model": model, "seed": seed, "dataset": dataset, "config_files": config_files,
+        files = config_files + (per_model or {}).get(model, [])
+        spec = {"model": model, "seed": seed, "dataset": dataset, "config_files": files,
                 "config": config, "run_dir": str(run_dir.resolve()), "keep_checkpoints": keep_checkpoints}
         spec_file = run_dir / "spec.json"
         spec_file.write_text(json.dumps(spec, indent=2) + "\n")
@@ -262,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--models", required=True, help="comma-separated model names (ours and RecBole's)")
     p.add_argument("--config-files", default="", help="RecBole config files for every run (space- or comma-separated)")
+    p.add_argument("--model-config", action="append", default=[], metavar="MODEL=FILE",
+                   help="an extra config file for one model, after the common ones (repeatable); e.g. "
+                        "a model that cannot use the common train_mode")
     p.add_argument("--seeds", default="2024", help="comma-separated seeds (default 2024)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs for every model (the same budget)")
     p.add_argument("--out", required=True, help="output folder (results.csv/md/png, runs/)")
@@ -296,7 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             raise CompareError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         files = [str(Path(f).resolve()) for f in args.config_files.replace(",", " ").split() if f]
-        for f in files:
+        per_model: dict[str, list[str]] = {}
+        for item in args.model_config:
+            model, sep, path = item.partition("=")
+            if not sep or model.strip() not in models:
+                raise CompareError(f"--model-config must be MODEL=FILE with MODEL in --models, got {item!r}")
+            per_model.setdefault(model.strip(), []).append(str(Path(path.strip()).resolve()))
+        for f in files + [f for fs in per_model.values() for f in fs]:
             if not Path(f).is_file():
                 raise CompareError(f"config file {f} does not exist")
     except (CompareError, ValueError) as exc:
@@ -304,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = run_all(models, seeds, args.dataset, files, config, out, args.timeout, args.keep_checkpoints)
+    records = run_all(models, seeds, args.dataset, files, config, out, args.timeout, args.keep_checkpoints,
+                      per_model=per_model)
     metrics = write_csv(records, out / "results.csv")
     summary = summarize(records, models, metrics)
     metric = main_metric(files, config)

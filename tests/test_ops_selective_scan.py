@@ -160,3 +160,28 @@ def test_scan_benchmark_runs_and_reports(capsys):
     assert float(ours_mib) >= 0 and float(ref_mib) >= 0
     assert ratio == "-" or float(ratio) >= 0  # "-" when the reference stayed under a page (tiny shapes)
     assert "skipped" in row40
+
+
+# --------------------------------------------------------------------------- one-step update
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("with_optional", [True, False])
+def test_state_update_cpu_matches_reference(dtype, tol, with_optional):
+    from recbole_mamba.ops import selective_state_update_cpu, selective_state_update_ref
+
+    g = torch.Generator().manual_seed(4)
+    b, d, n = 5, 7, 16
+    state = torch.randn(b, d, n, generator=g, dtype=dtype)
+    x, dt, z = (torch.randn(b, d, generator=g, dtype=dtype) for _ in range(3))
+    A = -torch.rand(d, n, generator=g, dtype=dtype) * 3
+    B, C = (torch.randn(b, n, generator=g, dtype=dtype) for _ in range(2))
+    D, bias = torch.randn(d, generator=g, dtype=dtype), torch.randn(d, generator=g, dtype=dtype)
+    opt = dict(D=D, z=z, dt_bias=bias, dt_softplus=True) if with_optional else {}
+    if not with_optional:
+        dt = dt.abs()
+    ref_state, cpu_state = state.clone(), state.clone()
+    expected = selective_state_update_ref(ref_state, x, dt, A, B, C, **opt)
+    got = selective_state_update_cpu(cpu_state, x, dt, A, B, C, **opt)
+    torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(cpu_state, ref_state, atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="needs x, dt"):
+        selective_state_update_cpu(state, x[:, :3], dt, A, B, C)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mamba.ops import selective_scan_fn
+from recbole_mamba.ops import selective_scan_fn, selective_state_update
 
 
 class Mamba(nn.Module):
@@ -200,11 +200,10 @@ class Mamba(nn.Module):
         x = self.act(x).to(hidden_states.dtype)
         x_db = self.x_proj(x)
         dt, B, C = torch.split(x_db, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias)
+        dt = F.linear(dt, self.dt_proj.weight)
         A = -torch.exp(self.A_log.float())
-        dA = torch.exp(dt.unsqueeze(-1) * A)
-        dB = dt.unsqueeze(-1) * B.unsqueeze(1)
-        ssm_state.copy_(ssm_state * dA + x.unsqueeze(-1) * dB)
-        y = torch.einsum("bdn,bn->bd", ssm_state.to(x.dtype), C) + self.D.to(x.dtype) * x
-        y = y * self.act(z)
-        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+        y = selective_state_update(
+            ssm_state, x, dt, A, B, C, self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(),
+            dt_softplus=True, backend=self.backend,
+        )
+        return self.out_proj(y.to(hidden_states.dtype)).unsqueeze(1), conv_state, ssm_state

@@ -155,6 +155,9 @@ class MambaSequentialBase(SequentialRecommender):
         return seq_output @ self.item_embedding.weight.t()
 
     # ------------------------------------------------------------------ online recommendation
+    INIT_STATE_POSITIONS = 32_768
+    """init_state runs the full forward on about this many positions (users x L) at a time."""
+
     # Subclasses implement encode_with_state and step_encode; the public API is below.
     def encode_with_state(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -210,10 +213,18 @@ class MambaSequentialBase(SequentialRecommender):
                 "with update_state"
             )
         lengths = item_seq_len.long()
-        hidden, tensors = self.encode_with_state(item_seq, lengths)
-        last = self.gather_indexes(hidden, (lengths - 1).clamp_min(0))
-        last = last * (lengths > 0).unsqueeze(-1).to(last.dtype)
-        return UserState(lengths.clone(), last, tensors)
+        # users in chunks of about INIT_STATE_POSITIONS positions: the full forward's activations
+        # (MLSA4Rec's causal pooling is (rows, L, P, D)) stay bounded for any batch and length
+        rows = max(1, self.INIT_STATE_POSITIONS // max(1, item_seq.shape[1]))
+        lasts, parts = [], []
+        for lo in range(0, item_seq.shape[0], rows):
+            chunk_len = lengths[lo : lo + rows]
+            hidden, tensors = self.encode_with_state(item_seq[lo : lo + rows], chunk_len)
+            last = self.gather_indexes(hidden, (chunk_len - 1).clamp_min(0))
+            lasts.append(last * (chunk_len > 0).unsqueeze(-1).to(last.dtype))
+            parts.append(tensors)
+        tensors = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return UserState(lengths.clone(), torch.cat(lasts), tensors)
 
     def empty_state(self, batch_size: int) -> UserState:
         """The state of ``batch_size`` users with no history yet."""

@@ -1,8 +1,15 @@
-"""Kernels: the selective scan (fused CPU, mamba-ssm on CUDA, plain reference) and its dispatch."""
+"""Kernels: the selective scan and the one-step state update (fused CPU, mamba-ssm on CUDA,
+plain reference) and their dispatch."""
 
 from recbole_mamba.ops.selective_scan import BACKENDS, resolve_backend, selective_scan_fn
 from recbole_mamba.ops.selective_scan_cpu import selective_scan_cpu
 from recbole_mamba.ops.selective_scan_ref import selective_scan_ref
+from recbole_mamba.ops.state_update import (
+    selective_state_update,
+    selective_state_update_cpu,
+    selective_state_update_ref,
+)
 
 __all__ = ["BACKENDS", "resolve_backend", "selective_scan_fn", "selective_scan_cpu",
-           "selective_scan_ref"]
+           "selective_scan_ref", "selective_state_update", "selective_state_update_cpu",
+           "selective_state_update_ref"]

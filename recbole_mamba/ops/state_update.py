@@ -1,0 +1,134 @@
+"""One recurrent step of the selective SSM (inference): ``selective_state_update``.
+
+Same signature and semantics as mamba-ssm's ``selective_state_update`` (its Triton kernel, which
+``Mamba.step`` uses on CUDA): state (batch, dim, N) is updated in place and the output
+(batch, dim) returned::
+
+    dt    = softplus(dt + dt_bias)            (when dt_softplus)
+    state = exp(dt * A) * state + dt * B * x
+    out   = (<state, C> + D * x) * silu(z)
+
+On CPU a fused numba kernel (one pass over the state, no temporaries: the plain torch form
+allocates seven (batch, dim, N) tensors per step, which dominates an online update); on CUDA
+mamba-ssm's kernel when it imports; the plain torch form otherwise and as the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit, prange
+
+from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like
+
+
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """Plain torch: state (b, d, N) in place; x, dt, z (b, d); A (d, N); B, C (b, N) -> (b, d)."""
+    if dt_bias is not None:
+        dt = dt + dt_bias
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dA = torch.exp(dt.unsqueeze(-1) * A)
+    dBx = (dt * x).unsqueeze(-1) * B.unsqueeze(1)
+    state.copy_(state * dA + dBx)
+    out = torch.einsum("bdn,bn->bd", state.to(C.dtype), C)
+    if D is not None:
+        out = out + D * x
+    if z is not None:
+        out = out * F.silu(z)
+    return out
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _update(state, x, dt, A, Bm, Cm, Dv, z, bias, has_d, has_z, has_bias, softplus, fast_exp,
+            out):  # pragma: no cover - compiled
+    nb, nd, nstate = state.shape
+    for b in prange(nb):
+        da = np.empty(nstate, dtype=state.dtype)
+        ibuf = np.empty(nstate, dtype=np.int32)
+        fview = ibuf.view(np.float32)
+        brow = Bm[b]
+        crow = Cm[b]
+        zero = _like(0.0, A)
+        one = _like(1.0, A)
+        for d in range(nd):
+            step = dt[b, d] + (bias[d] if has_bias else zero)
+            if softplus:
+                step = step if step > 20.0 else _like(math.log1p(math.exp(step)), A)
+            xt = x[b, d]
+            dtx = step * xt
+            _exp_row(step, A[d], da, ibuf, fview, fast_exp)
+            h = state[b, d]
+            for n in range(nstate):
+                h[n] = da[n] * h[n] + dtx * brow[n]
+            y = zero
+            for n in range(nstate):
+                y += h[n] * crow[n]
+            if has_d:
+                y += Dv[d] * xt
+            if has_z:
+                zt = z[b, d]
+                y *= zt / (one + _like(math.exp(-zt), A))
+            out[b, d] = y
+
+
+def _dummy(dtype: np.dtype) -> np.ndarray:
+    return np.zeros((1, 1), dtype=dtype)
+
+
+def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """The fused CPU step (no autograd: inference only). ``state`` must be a contiguous float32
+    or float64 CPU tensor; it is updated in place. Shapes as :func:`selective_state_update_ref`."""
+    if state.device.type != "cpu" or not state.is_contiguous() or state.dtype not in (torch.float32, torch.float64):
+        raise ValueError("selective_state_update_cpu: state must be a contiguous float32/float64 CPU tensor")
+    nb, nd, nstate = state.shape
+    if x.shape != (nb, nd) or dt.shape != (nb, nd) or A.shape != (nd, nstate) \
+            or B.shape != (nb, nstate) or C.shape != (nb, nstate):
+        raise ValueError(
+            f"selective_state_update: state {tuple(state.shape)} needs x, dt ({nb}, {nd}), A ({nd}, {nstate}), "
+            f"B, C ({nb}, {nstate}); got x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, "
+            f"B {tuple(B.shape)}, C {tuple(C.shape)}"
+        )
+    dtype = state.dtype
+    npdt = state.numpy().dtype
+
+    def arr(t):
+        return t.detach().to(dtype).contiguous().numpy()
+
+    out = torch.empty((nb, nd), dtype=dtype)
+    _update(state.numpy(), arr(x), arr(dt), arr(A), arr(B), arr(C),
+            arr(D) if D is not None else _dummy(npdt).reshape(-1),
+            arr(z) if z is not None else _dummy(npdt),
+            arr(dt_bias) if dt_bias is not None else _dummy(npdt).reshape(-1),
+            D is not None, z is not None, dt_bias is not None, bool(dt_softplus),
+            dtype == torch.float32, out.numpy())
+    return out.to(x.dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _mamba_ssm_state_update():
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+    except Exception:  # absent, or a broken CUDA/Triton build
+        return None
+    return selective_state_update
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           backend: str = "auto"):
+    """Dispatch: the fused numba kernel for CPU tensors, mamba-ssm's kernel for CUDA tensors when
+    it imports, the plain torch form otherwise, for ``backend="reference"``, and whenever autograd
+    must see the step (the fused kernels are inference-only)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias))
+    if backend == "reference" or needs_grad:
+        return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    if state.device.type == "cpu" and state.is_contiguous() and state.dtype in (torch.float32, torch.float64):
+        return selective_state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    if state.device.type == "cuda" and backend in ("auto", "mamba_ssm") and _mamba_ssm_state_update() is not None:
+        return _mamba_ssm_state_update()(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
