@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
-import recbole_mamba  # noqa: F401  (compat + registration, as a user's script would)
+# Without a GPU, the Triton kernels run in Triton's CPU interpreter; the switch is read when the
+# kernels are decorated, i.e. before recbole_mamba.ops is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import recbole_mamba  # noqa: E402,F401  (compat + registration, as a user's script would)
 
 
 def tiny_config(tmp_path, **overrides) -> dict:

@@ -2,7 +2,7 @@
 full forward over the whole history, and the bytes of state per user, in one run.
 
     python -m recbole_mamba.bench.streaming [--models MambaRec,MLSA4Rec,MoEMaTrRec]
-        [--lengths 200,1000,5000] [--batches 1,256] [--events 8] [--device cpu] [--out results/streaming]
+        [--lengths 200,1000,5000] [--batches 1,256] [--events 16] [--device cpu] [--out results/streaming]
 
 For each model, history length H and batch B: B random histories of H - E items initialise the
 state (``init_state``); then E events per user are streamed, each timed as one

@@ -22,7 +22,7 @@ class Mamba(nn.Module):
 
     Args follow ``mamba_ssm.modules.mamba_simple.Mamba``; ``use_fast_path`` and ``layer_idx`` are
     accepted for compatibility. ``backend`` picks the selective-scan implementation
-    (``auto|mamba_ssm|cpu|reference``, see :mod:`recbole_mamba.ops.selective_scan`).
+    (``auto|mamba_ssm|triton|cpu|reference``, see :mod:`recbole_mamba.ops.selective_scan`).
 
     Input (batch, L, d_model) -> output (batch, L, d_model). The mixer is causal: the output at
     position t depends on inputs at positions <= t only, so right-padding (RecBole's convention)

@@ -3,9 +3,11 @@
 ``selective_scan_fn`` has mamba-ssm's signature and semantics. Which implementation runs:
 
 * ``auto`` (default): CUDA tensors use mamba-ssm's fused kernel when ``mamba_ssm`` imports,
-  otherwise the pure-torch reference (slow; a Triton kernel is planned); CPU tensors use the fused
-  numba kernel (:mod:`recbole_mamba.ops.selective_scan_cpu`).
-* ``mamba_ssm``, ``cpu``, ``reference``: forced, with a clear error when it cannot run here.
+  otherwise our Triton kernel (:mod:`recbole_mamba.ops.selective_scan_triton`; Triton ships with
+  CUDA builds of torch), and the pure-torch reference only when neither is there; CPU tensors
+  use the fused numba kernel (:mod:`recbole_mamba.ops.selective_scan_cpu`).
+* ``mamba_ssm``, ``triton``, ``cpu``, ``reference``: forced, with a clear error when it cannot
+  run here (``triton`` on CPU tensors only under Triton's interpreter, ``TRITON_INTERPRET=1``).
 
 The backend is chosen per call from the tensors' device; the log says once per process which
 backend runs.
@@ -20,10 +22,11 @@ import torch
 
 from recbole_mamba.ops.selective_scan_cpu import selective_scan_cpu
 from recbole_mamba.ops.selective_scan_ref import selective_scan_ref
+from recbole_mamba.ops.selective_scan_triton import interpreter_on, selective_scan_triton, triton_available
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "mamba_ssm", "cpu", "reference")
+BACKENDS = ("auto", "mamba_ssm", "triton", "cpu", "reference")
 _announced: set[str] = set()
 
 
@@ -50,8 +53,22 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f"unknown mamba_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         if device.type == "cuda":
-            return "mamba_ssm" if mamba_ssm_scan() is not None else "reference"
+            if mamba_ssm_scan() is not None:
+                return "mamba_ssm"
+            return "triton" if triton_available() else "reference"
         return "cpu" if device.type == "cpu" else "reference"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError(
+                "mamba_backend 'triton' was asked for but triton does not import; it ships with CUDA "
+                "builds of torch (pip install triton), or use mamba_backend: auto."
+            )
+        if device.type != "cuda" and not interpreter_on():
+            raise ValueError(
+                f"mamba_backend 'triton' needs CUDA tensors; the input is on {device}. Use "
+                "mamba_backend: auto (or cpu) on this machine; TRITON_INTERPRET=1 runs the Triton "
+                "kernels in Triton's (slow) CPU interpreter, for testing."
+            )
     if backend == "mamba_ssm":
         if device.type != "cuda":
             raise ValueError(
@@ -95,6 +112,8 @@ def selective_scan_fn(
         fn = selective_scan_cpu
     elif chosen == "mamba_ssm":
         fn = mamba_ssm_scan()
+    elif chosen == "triton":
+        fn = selective_scan_triton
     else:
         fn = selective_scan_ref
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

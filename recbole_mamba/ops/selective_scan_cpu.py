@@ -251,8 +251,9 @@ def _scan_bwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
 _SUPPORTED = (torch.float32, torch.float64)
 
 
-def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
-    """Raise ``ValueError`` with the offending argument on any shape/dtype/device mismatch."""
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias, device_and_dtype: bool = True) -> None:
+    """Raise ``ValueError`` with the offending argument on any shape (and, for this CPU op,
+    dtype/device) mismatch."""
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}")
     nb, nd, length = u.shape
@@ -273,6 +274,8 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
                 f"selective_scan: {name} must have shape {shape} (u is {tuple(u.shape)}, "
                 f"A is {tuple(A.shape)}), got {tuple(t.shape)}"
             )
+    if not device_and_dtype:
+        return
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
                "delta_bias": delta_bias}
     for name, t in tensors.items():
