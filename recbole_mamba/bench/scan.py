@@ -2,6 +2,8 @@
 
     python -m recbole_mamba.bench.scan [--lengths 200,1000,2000] [--batch 64] [--dim 128]
                                        [--state 16] [--repeats 3] [--skip-reference-above 2000]
+    python -m recbole_mamba.bench.scan --device cuda   # Triton vs mamba-ssm vs reference on a GPU,
+                                                       # then a MambaRec training step per backend
 
 Prints, per L: forward+backward time of each, the speed-up, throughput in B*L*D*N elements per
 second, peak memory of one forward+backward of each and their ratio, and the max difference of
@@ -86,9 +88,101 @@ def _mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.0f}"
 
 
+def _cuda_time(fn, base, grad_out, repeats: int) -> tuple[float, tuple]:
+    """Best of ``repeats`` forward+backward times on CUDA (synchronised), and the last result."""
+    result = _run(fn, base, grad_out)  # warm-up: Triton compiles on its first call
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        result = _run(fn, base, grad_out)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def cuda_main(args) -> None:
+    """``--device cuda``: Triton vs mamba-ssm vs the reference, and a MambaRec step per backend."""
+    from recbole_mamba.ops.selective_scan import mamba_ssm_scan
+    from recbole_mamba.ops.selective_scan_triton import selective_scan_triton
+
+    if not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device here")
+    ops = {"triton": selective_scan_triton, "reference": selective_scan_ref}
+    if mamba_ssm_scan() is not None:
+        ops["mamba_ssm"] = mamba_ssm_scan()
+    else:
+        print("mamba_ssm does not import here: its column is left out (pip install -e '.[cuda]')")
+    print(f"{torch.cuda.get_device_name()} B={args.batch} D={args.dim} N={args.state}, forward+backward, float32")
+    print(f"{'L':>6} " + " ".join(f"{name + ' ms':>14} {name + ' MiB':>14}" for name in ops)
+          + f" {'triton/mamba_ssm':>16} {'ref/triton':>10} {'max|diff|':>10}")
+    for length in (int(x) for x in args.lengths.split(",")):
+        base = [t.cuda() for t in _inputs(args.batch, args.dim, args.state, length)]
+        grad_out = torch.randn(args.batch, args.dim, length, device="cuda")
+        times, mems, results = {}, {}, {}
+        for name, fn in ops.items():
+            if name == "reference" and length > args.skip_reference_above:
+                continue
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
+            try:
+                times[name], results[name] = _cuda_time(fn, base, grad_out, args.repeats)
+            except torch.cuda.OutOfMemoryError:
+                times[name] = None
+                continue
+            mems[name] = (torch.cuda.max_memory_allocated() - start) / 2**20
+        cells = []
+        for name in ops:
+            t = times.get(name)
+            cells.append(f"{t * 1e3:>14.2f} {mems[name]:>14.0f}" if t else f"{'OOM' if name in times else 'skipped':>14} {'-':>14}")
+        ratio = f"{times['triton'] / times['mamba_ssm']:.2f}" if times.get("mamba_ssm") and times.get("triton") else "-"
+        speed = f"{times['reference'] / times['triton']:.0f}x" if times.get("reference") and times.get("triton") else "-"
+        diff = "-"
+        if "reference" in results and "triton" in results:
+            (oa, ga), (ob, gb) = results["triton"], results["reference"]
+            diff = f"{max([(oa - ob).abs().max().item()] + [(x - y).abs().max().item() for x, y in zip(ga, gb)]):.2e}"
+        print(f"{length:>6} " + " ".join(cells) + f" {ratio:>16} {speed:>10} {diff:>10}", flush=True)
+    _cuda_model_steps(args, ["triton", "reference"] + (["mamba_ssm"] if "mamba_ssm" in ops else []))
+
+
+def _cuda_model_steps(args, backends: list[str]) -> None:
+    """A MambaRec training step (batch ``--batch``, shipped settings, CE) per backend on CUDA."""
+    from recbole.data.interaction import Interaction
+
+    from recbole_mamba.bench.models import build_model, random_sequences
+
+    for length in (int(x) for x in args.lengths.split(",")):
+        row = []
+        for backend in backends:
+            if backend == "reference" and length > args.skip_reference_above:
+                row.append(f"{backend} skipped")
+                continue
+            net = build_model("MambaRec", length, device="cuda", mamba_backend=backend,
+                              train_mode="augment").train()
+            seqs = random_sequences(net.n_items, args.batch, length + 1).cuda()
+            data = Interaction({net.ITEM_SEQ: seqs[:, :-1], net.POS_ITEM_ID: seqs[:, -1],
+                                net.ITEM_SEQ_LEN: torch.full((args.batch,), length, device="cuda")})
+            opt = torch.optim.Adam(net.parameters())
+            best = float("inf")
+            for i in range(args.repeats + 1):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                net.calculate_loss(data).backward()
+                opt.step()
+                torch.cuda.synchronize()
+                if i:  # the first step compiles
+                    best = min(best, time.perf_counter() - t0)
+            row.append(f"{backend} {best * 1e3:.1f} ms")
+        print(f"MambaRec training step, L={length}: " + ", ".join(row), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", default="200,1000,2000")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: our numba op vs the reference; cuda: Triton vs mamba-ssm vs the reference")
+    p.add_argument("--lengths", default=None, help="default 200,1000,2000 (cpu), 200,1000,2000,5000 (cuda)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--state", type=int, default=16)
@@ -98,6 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--memory-child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.lengths is None:
+        args.lengths = "200,1000,2000,5000" if args.device == "cuda" else "200,1000,2000"
+    if args.device == "cuda":
+        cuda_main(args)
+        return
     if args.memory_child:
         _measure_memory_child(args.memory_child, args.batch, args.dim, args.state, int(args.lengths))
         return
