@@ -109,6 +109,19 @@ def measure(model: str, length: int, batch: int, steps: int, device: str,
     return {**row, "status": f"failed: {last[-1][:200] if last else run.returncode}"}
 
 
+def load_rows(path: Path) -> list[dict]:
+    """Rows of an ``efficiency.csv`` back as numbers (empty cells as None)."""
+    rows = []
+    with open(path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            row = {"model": raw["model"], "length": int(raw["length"]), "batch": int(raw["batch"]),
+                   "status": raw["status"]}
+            for key in COLUMNS[4:]:
+                row[key] = float(raw[key]) if raw.get(key) else None
+            rows.append(row)
+    return rows
+
+
 def add_ratios(rows: list[dict], baseline: str = "SASRec") -> None:
     """Ratios to the baseline model at the same length (where both ran)."""
     base = {r["length"]: r for r in rows if r["model"] == baseline and r["status"] == "ok"}
@@ -146,6 +159,7 @@ def plot(rows: list[dict], path: Path, device: str, batch: int) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     keys = [("train_step_s", "training step (s)"), ("infer_s", "inference (s)"),
@@ -161,6 +175,9 @@ def plot(rows: list[dict], path: Path, device: str, batch: int) -> None:
                                 (x, pts[-1][1]), color=line.get_color(), fontsize=8)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        lengths = sorted({r["length"] for r in rows})
+        ax.set_xticks(lengths, [str(x) for x in lengths])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("sequence length L")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
@@ -194,7 +211,18 @@ def main(argv: list[str] | None = None) -> int:
                         "cleanly as OOM instead of swapping the machine (0: none)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per (model, length)")
     p.add_argument("--out", default=None, help="folder for efficiency.csv, efficiency.md, efficiency.png")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw efficiency.md and efficiency.png from the --out folder's efficiency.csv")
     args = p.parse_args(argv)
+    if args.replot:
+        if not args.out or not (Path(args.out) / "efficiency.csv").is_file():
+            p.error("--replot needs --out DIR holding an efficiency.csv")
+        rows = load_rows(Path(args.out) / "efficiency.csv")
+        (Path(args.out) / "efficiency.md").write_text(
+            f"batch {rows[0]['batch']}, {args.device}\n\n{markdown(rows, args.device)}\n")
+        plot(rows, Path(args.out) / "efficiency.png", args.device, rows[0]["batch"])
+        print(markdown(rows, args.device))
+        return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     lengths = sorted(int(x) for x in args.lengths.split(","))
     if args.device.startswith("cuda"):
