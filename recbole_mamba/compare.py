@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from recbole_mamba.bench.proc import child_env, status_bytes
+from recbole_mamba.cli import config_flags
 
 
 class CompareError(ValueError):
@@ -82,15 +83,11 @@ def _child_main(spec_path: str) -> int:
 
 # --------------------------------------------------------------------------- the comparison
 def parse_passthrough(extra: list[str]) -> dict[str, Any]:
-    """RecBole-style ``--key=value`` flags -> config dict (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in extra:
-        if not item.startswith("--") or "=" not in item:
-            raise CompareError(f"unrecognised argument {item!r}: RecBole config flags look like --key=value")
-        key, value = item[2:].split("=", 1)
-        parsed = yaml.safe_load(value) if value else None
-        out[key] = None if parsed == "None" else parsed  # RecBole's command line spells null None
-    return out
+    """RecBole-style ``--key=value`` flags -> config dict (see :func:`recbole_mamba.cli.config_flags`)."""
+    try:
+        return config_flags(extra)
+    except ValueError as exc:
+        raise CompareError(str(exc)) from None
 
 
 def _last_error(log: Path) -> str:

@@ -77,3 +77,16 @@ def shared_data_dir():
         if c and Path(c).is_dir():
             return Path(c)
     return None
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """ml-100k filtered as ``tiny_config`` says, built once per test module (for building models
+    directly, without a training run). RecBole writes its log under the working directory, so
+    this moves into a temporary one."""
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    os.chdir(tmp_path_factory.mktemp("dataset"))
+    cfg = Config(model="MambaRec", dataset="ml-100k", config_dict=tiny_config(tmp_path_factory.mktemp("cfg")))
+    return create_dataset(cfg)

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from recbole.config import Config
-from recbole.data import create_dataset
 
 from recbole_mamba import MambaRec, MLSA4Rec, MoEMaTrRec
 
@@ -15,12 +14,8 @@ from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    import os
-
-    os.chdir(tmp_path_factory.mktemp("causal"))
-    cfg = Config(model="MambaRec", dataset="ml-100k", config_dict=tiny_config(tmp_path_factory.mktemp("c")))
-    return create_dataset(cfg)
+def dataset(tiny_dataset):
+    return tiny_dataset
 
 
 def build(model_cls, dataset, **extra):

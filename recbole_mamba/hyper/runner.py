@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from recbole_mamba.cli import config_flags
+
 from recbole_mamba.hyper.space import SpaceError, default_space_file, load_space, to_tune
 from recbole_mamba.hyper.trainable import attempts_file
 
@@ -40,15 +42,11 @@ class HyperError(ValueError):
 
 
 def parse_passthrough(extra: list[str]) -> dict[str, Any]:
-    """RecBole-style ``--key=value`` flags -> config dict (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in extra:
-        if not item.startswith("--") or "=" not in item:
-            raise HyperError(f"unrecognised argument {item!r}: RecBole config flags look like --key=value")
-        key, value = item[2:].split("=", 1)
-        parsed = yaml.safe_load(value) if value else None
-        out[key] = None if parsed == "None" else parsed
-    return out
+    """RecBole-style ``--key=value`` flags -> config dict (see :func:`recbole_mamba.cli.config_flags`)."""
+    try:
+        return config_flags(extra)
+    except ValueError as exc:
+        raise HyperError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

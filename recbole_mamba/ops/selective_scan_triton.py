@@ -61,6 +61,20 @@ if triton is not None:
         return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
 
     @triton.jit
+    def _load_step(u_ptr, delta_ptr, B_ptr, row, bn_row, t, mask_d, mask_n, bias,
+                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """Step t's inputs, in float32: u, the raw step (delta + bias), dt, B."""
+        u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+        raw = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw = raw + bias
+        dt = raw
+        if SOFTPLUS:
+            dt = _softplus(raw)
+        Bt = tl.load(B_ptr + bn_row + t, mask=mask_n, other=0.0).to(tl.float32)
+        return u, raw, dt, Bt
+
+    @triton.jit
     def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                          out_ptr, ckpt_ptr, last_ptr, dim, length, nstate, nchunks,
                          HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -75,6 +89,7 @@ if triton is not None:
         A = tl.load(A_ptr + offs_d[:, None] * nstate + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
         if HAS_D:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         row = (b * dim + offs_d) * length  # (BLOCK_D,) start of each channel's sequence
@@ -86,13 +101,8 @@ if triton is not None:
             t0 = c * CHUNK
             for i in range(tl.minimum(CHUNK, length - t0)):
                 t = t0 + i
-                u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-                dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    dt = dt + bias
-                if SOFTPLUS:
-                    dt = _softplus(dt)
-                Bt = tl.load(B_ptr + bn_row + t, mask=mask_n, other=0.0).to(tl.float32)
+                u, raw, dt, Bt = _load_step(u_ptr, delta_ptr, B_ptr, row, bn_row, t, mask_d, mask_n,
+                                            bias, HAS_BIAS, SOFTPLUS)
                 Ct = tl.load(C_ptr + bn_row + t, mask=mask_n, other=0.0).to(tl.float32)
                 h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
                 y = tl.sum(h * Ct[None, :], axis=1)
@@ -122,6 +132,7 @@ if triton is not None:
         A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0).to(tl.float32)
         if HAS_D:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         row = (b * dim + offs_d) * length
@@ -145,27 +156,15 @@ if triton is not None:
             for i in range(steps):  # recompute the chunk's states
                 t = t0 + i
                 tl.store(scratch + i * nstate, h, mask=mask_dn)
-                u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-                dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    dt = dt + bias
-                if SOFTPLUS:
-                    dt = _softplus(dt)
-                Bt = tl.load(B_ptr + bn_row + t, mask=mask_n, other=0.0).to(tl.float32)
+                u, raw, dt, Bt = _load_step(u_ptr, delta_ptr, B_ptr, row, bn_row, t, mask_d, mask_n,
+                                            bias, HAS_BIAS, SOFTPLUS)
                 h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             for j in range(steps):  # reverse scan over the chunk
                 i = steps - 1 - j
                 t = t0 + i
                 h_prev = tl.load(scratch + i * nstate, mask=mask_dn, other=0.0)
-                u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-                raw = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    raw = raw + bias
-                if SOFTPLUS:
-                    dt = _softplus(raw)
-                else:
-                    dt = raw
-                Bt = tl.load(B_ptr + bn_row + t, mask=mask_n, other=0.0).to(tl.float32)
+                u, raw, dt, Bt = _load_step(u_ptr, delta_ptr, B_ptr, row, bn_row, t, mask_d, mask_n,
+                                            bias, HAS_BIAS, SOFTPLUS)
                 Ct = tl.load(C_ptr + bn_row + t, mask=mask_n, other=0.0).to(tl.float32)
                 dA = tl.exp(dt[:, None] * A)
                 h_t = dA * h_prev + (dt * u)[:, None] * Bt[None, :]
