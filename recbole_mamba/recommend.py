@@ -29,6 +29,7 @@ import torch
 
 import recbole_mamba  # noqa: F401  (compat fixes, model registration)
 from recbole_mamba.compat import load_recbole_checkpoint
+from recbole_mamba.data_check import missing_dataset_message
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,12 @@ def load_model(checkpoint: str | os.PathLike, device: str = "cpu"):
     config = ckpt["config"]
     config["device"] = torch.device(device)
     config["show_progress"] = False
+    missing = missing_dataset_message(config["dataset"], config["data_path"])
+    if missing:  # RecBole would try to download it instead
+        raise RecommendError(
+            f"{missing}\nThe checkpoint's data_path is {config['data_path']!r}: run from the folder "
+            "you trained in if it is relative."
+        )
     dataset = create_dataset(config)
     model = get_model(config["model"])(config, dataset).to(device)
     model.load_state_dict(ckpt["state_dict"])

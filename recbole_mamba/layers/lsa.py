@@ -80,26 +80,28 @@ class InterestPooling(nn.Module):
     def running_state(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The online-softmax sums of the causal pooling at each row's last real position.
 
-        x (batch, L, D); mask (batch, L) True at real positions. Returns, in float64,
+        x (batch, L, D); mask (batch, L) True at real positions. Returns, in x's dtype,
         (max (batch, P), norm (batch, P), weighted sum (batch, P, D)) with
         ``pooled = sum / norm`` (see :meth:`running_update`); max is -inf for an empty row.
+        Shifted by the row's own max, every weight is <= 1 and the normaliser >= 1, so unlike
+        the prefix form (one shift for all prefixes) this needs no float64.
         """
-        logits = (x @ self.theta).double().masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        logits = (x @ self.theta).masked_fill(~mask.unsqueeze(-1), float("-inf"))
         top = logits.amax(dim=1)
         safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         w = torch.exp(logits - safe.unsqueeze(1))
-        return top, w.sum(dim=1), torch.einsum("blp,bld->bpd", w, x.double())
+        return top, w.sum(dim=1), torch.einsum("blp,bld->bpd", w, x)
 
     def running_update(self, x: torch.Tensor, top: torch.Tensor, norm: torch.Tensor,
                        total: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Add one position x (batch, D) to the running sums: online softmax (a running max
         rescales the older terms), O(P * D) per row. Returns the new (max, norm, sum)."""
-        logit = (x @ self.theta).double()
+        logit = x @ self.theta
         new_top = torch.maximum(top, logit)
         old_scale = torch.exp(top - new_top)  # 0 when the row was empty (top = -inf)
         new_w = torch.exp(logit - new_top)
-        norm = norm * old_scale + new_w
-        total = total * old_scale.unsqueeze(-1) + new_w.unsqueeze(-1) * x.double().unsqueeze(1)
+        norm = torch.addcmul(new_w, norm, old_scale)
+        total = torch.addcmul(new_w.unsqueeze(-1) * x.unsqueeze(1), total, old_scale.unsqueeze(-1))
         return new_top, norm, total
 
 
@@ -198,7 +200,7 @@ class LowRankSelfAttention(nn.Module):
     def forward_with_state(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """Causal form only: x (batch, L, D), mask (batch, L) -> (out (batch, L, D), state).
 
-        ``state`` is the six float64 running sums (key and value pooling, see
+        ``state`` is the six running sums (key and value pooling, see
         :meth:`InterestPooling.running_state`) at each row's last real position.
         """
         self._require_causal()
@@ -211,8 +213,8 @@ class LowRankSelfAttention(nn.Module):
         self._require_causal()
         key_state = self.pool_key.running_update(self.key(x), *state[:3])
         value_state = self.pool_value.running_update(self.value(x), *state[3:])
-        k = self._heads((key_state[2] / key_state[1].unsqueeze(-1)).to(x.dtype))  # (b, P, H, dh)
-        v = self._heads((value_state[2] / value_state[1].unsqueeze(-1)).to(x.dtype))
+        k = self._heads(key_state[2] / key_state[1].unsqueeze(-1))  # (b, P, H, dh)
+        v = self._heads(value_state[2] / value_state[1].unsqueeze(-1))
         q = self._heads(self.query(x))  # (b, H, dh)
         scores = torch.einsum("bhd,bphd->bhp", q, k) / math.sqrt(self.head_dim)
         ctx = torch.einsum("bhp,bphd->bhd", torch.softmax(scores, dim=-1), v).reshape(x.shape)
