@@ -21,3 +21,37 @@ def config_flags(extra: list[str]) -> dict[str, Any]:
         parsed = yaml.safe_load(value) if value else None
         out[key] = None if parsed == "None" else parsed
     return out
+
+
+def pinned_data_path(model: str, dataset: str, config_files: list[str], config: dict) -> dict:
+    """The RecBole config for ``model`` on ``dataset`` checked and made location-independent.
+
+    Runs that happen in other working directories (Ray trials, comparison runs) must not depend on
+    a relative ``data_path``: returns ``{"data_path": <absolute folder>}`` to add to their config
+    (empty for ml-100k, which lives inside RecBole's wheel). Raises ``ValueError`` with the
+    command that creates the atomic files when they are missing (RecBole would try to download).
+    Also returns the resolved ``valid_metric`` under ``"_valid_metric"`` and ``eval_step`` under
+    ``"_eval_step"`` for callers that need them.
+    """
+    import sys
+    from pathlib import Path
+
+    from recbole.config import Config
+
+    from recbole_mamba.data_check import missing_dataset_message
+
+    argv = sys.argv
+    sys.argv = argv[:1]  # RecBole's Config parses sys.argv; our tools' flags are not its
+    try:
+        resolved = Config(model=model, dataset=dataset, config_file_list=config_files or None,
+                          config_dict=dict(config))
+    finally:
+        sys.argv = argv
+    message = missing_dataset_message(dataset, resolved["data_path"])
+    if message:
+        raise ValueError(message)
+    out: dict[str, Any] = {"_valid_metric": str(resolved["valid_metric"]).lower(),
+                           "_eval_step": resolved["eval_step"]}
+    if dataset != "ml-100k":
+        out["data_path"] = str(Path(resolved["data_path"]).resolve().parent)
+    return out

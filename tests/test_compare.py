@@ -75,3 +75,22 @@ def test_efficiency_bench_two_lengths(tmp_path):
 def test_efficiency_bench_records_out_of_memory():
     row = efficiency.measure("SASRec", 64, 2, 1, "cpu", memory_limit_gib=0.05, timeout=300)
     assert row["status"] == "OOM"
+
+
+def test_compare_on_a_relative_data_path_and_a_missing_dataset(tmp_path, monkeypatch, capsys):
+    """Runs happen in their own folders: a dataset under ./dataset/ must still be found."""
+    import recbole
+
+    src = Path(recbole.__file__).resolve().parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
+    lines = src.read_text().splitlines()
+    (tmp_path / "dataset" / "mini").mkdir(parents=True)
+    (tmp_path / "dataset" / "mini" / "mini.inter").write_text("\n".join(lines[:30001]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert compare.main(["--dataset", "mini", "--models", "MambaRec", "--epochs", "1", "--out", "out",
+                         "--load_col={inter: [user_id, item_id, timestamp]}", *TINY]) == 0
+    (row,) = read_csv(tmp_path / "out" / "results.csv")
+    assert row["status"] == "ok", row["error"]
+    capsys.readouterr()
+    assert compare.main(["--dataset", "nowhere", "--models", "MambaRec", "--out", "out2"]) == 2
+    assert "nowhere.inter does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from recbole_mamba.cli import config_flags
+from recbole_mamba.cli import config_flags, pinned_data_path
 
 from recbole_mamba.hyper.space import SpaceError, default_space_file, load_space, to_tune
 from recbole_mamba.hyper.trainable import attempts_file
@@ -79,9 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _base_config(args: argparse.Namespace, passthrough: dict) -> tuple[list[str], dict, str]:
     """Absolute config files, the base config dict (absolute data_path), and the valid metric."""
-    from recbole.config import Config
-
-    from recbole_mamba.data_check import missing_dataset_message
     from recbole_mamba.registry import get_model
 
     get_model(args.model)  # unknown names fail here, with the list of models
@@ -90,21 +87,15 @@ def _base_config(args: argparse.Namespace, passthrough: dict) -> tuple[list[str]
         if not Path(f).is_file():
             raise HyperError(f"config file {f} does not exist")
     base = {**passthrough, "epochs": args.max_epochs}
-    argv = sys.argv
-    sys.argv = argv[:1]  # RecBole's Config reads sys.argv; our flags are not its
     try:
-        config = Config(model=args.model, dataset=args.dataset, config_file_list=files or None,
-                        config_dict=dict(base))
-    finally:
-        sys.argv = argv
-    message = missing_dataset_message(args.dataset, config["data_path"])
-    if message:
-        raise HyperError(message)
-    if args.dataset != "ml-100k":  # trials run in other directories: pin the data folder
-        base["data_path"] = str(Path(config["data_path"]).resolve().parent)
-    if config["eval_step"] != 1:
-        log.warning("eval_step is %s: trials report every %s epochs", config["eval_step"], config["eval_step"])
-    return files, base, str(config["valid_metric"]).lower()
+        pinned = pinned_data_path(args.model, args.dataset, files, base)
+    except ValueError as exc:
+        raise HyperError(str(exc)) from None
+    if pinned["_eval_step"] != 1:
+        log.warning("eval_step is %s: trials report every %s epochs", pinned["_eval_step"], pinned["_eval_step"])
+    if "data_path" in pinned:  # trials run in other directories
+        base["data_path"] = pinned["data_path"]
+    return files, base, pinned["_valid_metric"]
 
 
 def init_ray(address: str | None) -> None:
