@@ -1,10 +1,33 @@
-"""What our command-line tools share: RecBole-style ``--key=value`` config flags."""
+"""What our command-line tools share: RecBole-style ``--key=value`` config flags, running
+RecBole away from our own flags, and a data path that holds in any working directory."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+@contextlib.contextmanager
+def recbole_sees_no_flags(workdir: str | os.PathLike | None = None) -> Iterator[None]:
+    """Run RecBole inside our tools: its ``Config`` parses ``sys.argv`` (our tools' flags are not
+    its own), and ``run_recbole`` writes ``log/`` under the working directory. Within the block
+    ``sys.argv`` holds the program name only and, with ``workdir``, the working directory is
+    ``workdir``; both are restored after."""
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = argv[:1]
+    try:
+        if workdir is not None:
+            os.chdir(workdir)
+        yield
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
 
 
 def config_flags(extra: list[str]) -> dict[str, Any]:
@@ -33,20 +56,13 @@ def pinned_data_path(model: str, dataset: str, config_files: list[str], config: 
     Also returns the resolved ``valid_metric`` under ``"_valid_metric"`` and ``eval_step`` under
     ``"_eval_step"`` for callers that need them.
     """
-    import sys
-    from pathlib import Path
-
     from recbole.config import Config
 
     from recbole_mamba.data_check import missing_dataset_message
 
-    argv = sys.argv
-    sys.argv = argv[:1]  # RecBole's Config parses sys.argv; our tools' flags are not its
-    try:
+    with recbole_sees_no_flags():
         resolved = Config(model=model, dataset=dataset, config_file_list=config_files or None,
                           config_dict=dict(config))
-    finally:
-        sys.argv = argv
     message = missing_dataset_message(dataset, resolved["data_path"])
     if message:
         raise ValueError(message)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -150,9 +150,8 @@ def _brief(metrics: dict) -> str:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def write_csv(records: list[dict], path: Path) -> list[str]:

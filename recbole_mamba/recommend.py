@@ -1,7 +1,7 @@
 """Top-k recommendations from a RecBole checkpoint, optionally updated event by event.
 
-    python -m recbole_mamba.recommend --checkpoint saved/MambaRec-XXX.pth --users 1,7,42 --topk 10
-    python -m recbole_mamba.recommend --checkpoint saved/MambaRec-XXX.pth --events new.csv --out recs.csv
+    python -m recbole_mamba.recommend --checkpoint saved/MambaRec-<date>.pth --users 1,7,42 --topk 10
+    python -m recbole_mamba.recommend --checkpoint saved/MambaRec-<date>.pth --events new.csv --out recs.csv
 
 Users and items are the dataset's original tokens (as in the atomic files), never internal
 indices. Each user's history is their interactions in the checkpoint's dataset, in time order.
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 import recbole_mamba  # noqa: F401  (compat fixes, model registration)
+from dataset_prep.common import atomic_outputs
 from recbole_mamba.compat import load_recbole_checkpoint
 from recbole_mamba.data_check import missing_dataset_message
 
@@ -174,11 +173,7 @@ class Recommender:
         if not self.streaming:
             return
         seqs = [self.items[u][-max_len:] for u in new]
-        width = max(1, max(len(s) for s in seqs))
-        item_seq = torch.zeros(len(new), width, dtype=torch.long)
-        for row, s in enumerate(seqs):
-            item_seq[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        item_seq, lengths = _right_padded(seqs, max(1, max(len(s) for s in seqs)))
         state = self.model.init_state(item_seq.to(self.device), lengths.to(self.device))
         for row, u in enumerate(new):
             self.states[u] = state.select([row])
@@ -211,14 +206,8 @@ class Recommender:
         from recbole.data.interaction import Interaction
 
         max_len = self.model.max_seq_length
-        seqs = [self.items[u][-max_len:] for u in users]
-        item_seq = torch.zeros(len(users), max_len, dtype=torch.long)
-        for row, s in enumerate(seqs):
-            item_seq[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        batch = Interaction({
-            self.model.ITEM_SEQ: item_seq,
-            self.model.ITEM_SEQ_LEN: torch.tensor([len(s) for s in seqs]),
-        }).to(self.device)
+        item_seq, lengths = _right_padded([self.items[u][-max_len:] for u in users], max_len)
+        batch = Interaction({self.model.ITEM_SEQ: item_seq, self.model.ITEM_SEQ_LEN: lengths}).to(self.device)
         return self.model.full_sort_predict(batch).view(len(users), -1).float().cpu()
 
     def topk(self, users: list[int], k: int) -> list[list[tuple[str, float]]]:
@@ -229,6 +218,14 @@ class Recommender:
         tokens = self.dataset.id2token(self.dataset.iid_field, index.cpu().numpy())
         return [[(str(t), float(v)) for t, v in zip(trow, vrow.tolist())]
                 for trow, vrow in zip(tokens, values)]
+
+
+def _right_padded(seqs: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Item lists -> RecBole's layout: (len(seqs), width) right-padded with 0, and the lengths."""
+    item_seq = torch.zeros(len(seqs), width, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        item_seq[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return item_seq, torch.tensor([len(s) for s in seqs], dtype=torch.long)
 
 
 def _token_id(dataset, field_name: str, token: str) -> int | None:
@@ -243,18 +240,12 @@ def _write_rows(rows: list[list], out: str | None) -> None:
         writer.writerow(OUTPUT_COLUMNS)
         writer.writerows(rows)
         return
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with io.open(fd, "w", newline="", encoding="utf-8") as handle:
+    # the converters' temporary-then-rename writer: a failed run leaves no partial file
+    with atomic_outputs([Path(out)], force=True) as (tmp,):
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(OUTPUT_COLUMNS)
             writer.writerows(rows)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run(args: argparse.Namespace) -> tuple[list[list], SkipCounter]:

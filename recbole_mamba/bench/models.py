@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import sys
 import tempfile
 
 import torch
 
 import recbole_mamba  # noqa: F401  (compat fixes, registration)
+from recbole_mamba.cli import recbole_sees_no_flags
 
 #: the common ground of every model in a benchmark: CE over all items, no sampled negatives
 BENCH_CONFIG = {
@@ -32,15 +31,8 @@ BENCH_CONFIG = {
 def _quiet_recbole():
     """RecBole's ``Config`` parses ``sys.argv`` and writes ``log/`` under the working directory:
     keep the benchmark's own flags away from it and its files in a temporary folder."""
-    argv, cwd = sys.argv, os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="recbole-mamba-bench-") as tmp:
-        sys.argv = argv[:1]
-        os.chdir(tmp)
-        try:
-            yield tmp
-        finally:
-            sys.argv = argv
-            os.chdir(cwd)
+    with tempfile.TemporaryDirectory(prefix="recbole-mamba-bench-") as tmp, recbole_sees_no_flags(tmp):
+        yield tmp
 
 
 @functools.lru_cache(maxsize=4)

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from recbole_mamba.cli import config_flags, pinned_data_path
+from recbole_mamba.cli import config_flags, pinned_data_path, recbole_sees_no_flags
 
 from recbole_mamba.hyper.space import SpaceError, default_space_file, load_space, to_tune
 from recbole_mamba.hyper.trainable import attempts_file
@@ -235,17 +235,11 @@ def retrain(args, best_config: Path, folder: Path) -> dict:
     """The best config trained from scratch in this process; RecBole's test metrics."""
     from recbole.quick_start import run_recbole
 
-    argv, cwd = sys.argv, os.getcwd()
-    sys.argv = argv[:1]
-    os.chdir(folder)
-    try:
+    with recbole_sees_no_flags(folder):
         result = run_recbole(model=args.model, dataset=args.dataset,
                              config_file_list=[str(best_config)],
                              config_dict={"checkpoint_dir": str(folder / "saved"), "show_progress": False},
                              saved=args.save_models)
-    finally:
-        sys.argv = argv
-        os.chdir(cwd)
     return {k: {m: float(v) for m, v in result[k].items()} if isinstance(result[k], dict) else result[k]
             for k in ("best_valid_score", "best_valid_result", "test_result")}
 

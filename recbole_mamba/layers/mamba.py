@@ -111,12 +111,15 @@ class Mamba(nn.Module):
         C = C.reshape(batch, length, self.d_state).transpose(1, 2)
         return delta, B, C
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """hidden_states (batch, L, d_model) -> (batch, L, d_model)."""
+    def _check_input(self, hidden_states: torch.Tensor) -> None:
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(
                 f"Mamba expects (batch, L, d_model={self.d_model}), got {tuple(hidden_states.shape)}"
             )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states (batch, L, d_model) -> (batch, L, d_model)."""
+        self._check_input(hidden_states)
         length = hidden_states.shape[1]
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
@@ -141,10 +144,7 @@ class Mamba(nn.Module):
         real positions equal :meth:`forward`'s; at padding they are not meaningful (the scan
         holds the state still there, by a zero time step).
         """
-        if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
-            raise ValueError(
-                f"Mamba expects (batch, L, d_model={self.d_model}), got {tuple(hidden_states.shape)}"
-            )
+        self._check_input(hidden_states)
         batch, length, _ = hidden_states.shape
         lengths = lengths.to(device=hidden_states.device, dtype=torch.long)
         if lengths.shape != (batch,) or bool((lengths < 0).any()) or bool((lengths > length).any()):
