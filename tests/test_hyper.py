@@ -131,7 +131,8 @@ def test_resume_after_interruption_completes_the_search(tmp_path):
            "--num-samples", "3", "--max-epochs", "2", "--scheduler", "fifo", "--max-concurrent", "1",
            "--storage", str(tmp_path / "s"), "--name", "r", "--no-retrain", *TINY]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     folder = tmp_path / "s" / "r"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:  # interrupt once a trial has reported
@@ -140,7 +141,9 @@ def test_resume_after_interruption_completes_the_search(tmp_path):
         time.sleep(0.5)
     assert proc.poll() is None, "the search ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "run the same command with --resume" in err
     assert not (folder / "trials.csv").exists()
     done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=400)

@@ -31,8 +31,22 @@ COLUMNS = ["model", "length", "batch", "status", "train_step_s", "infer_s", "pea
            "train_vs_sasrec", "infer_vs_sasrec", "memory_vs_sasrec"]
 
 
-def _child(model: str, length: int, batch: int, steps: int, device: str) -> dict:
-    """Child process: time and measure one (model, length)."""
+def _cap_address_space(extra_gib: float) -> None:
+    """Cap this process's address space at what it maps now plus ``extra_gib``.
+
+    The cap is set after the imports and the model are in place, so that it bounds what the
+    measured steps allocate (a model that does not fit fails as OOM) and not torch's own
+    libraries, whose mapped size varies between machines."""
+    import resource
+
+    cap = status_bytes("VmSize") + int(extra_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def _child(model: str, length: int, batch: int, steps: int, device: str,
+           memory_limit_gib: float | None = None) -> dict:
+    """Child process: time and measure one (model, length); on CPU, ``memory_limit_gib`` caps
+    what the steps may map beyond the built model."""
     import torch
     from recbole.data.interaction import Interaction
 
@@ -46,6 +60,8 @@ def _child(model: str, length: int, batch: int, steps: int, device: str) -> dict
     }).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     cuda = device.startswith("cuda")
+    if memory_limit_gib and not cuda:
+        _cap_address_space(memory_limit_gib)
 
     def sync():
         if cuda:
@@ -192,12 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         spec = json.loads(argv[1])
-        if spec.get("memory_limit_gib") and not spec["device"].startswith("cuda"):
-            import resource
-
-            cap = int(spec["memory_limit_gib"] * 2**30)
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-        print(json.dumps(_child(spec["model"], spec["length"], spec["batch"], spec["steps"], spec["device"])))
+        print(json.dumps(_child(spec["model"], spec["length"], spec["batch"], spec["steps"], spec["device"],
+                                spec.get("memory_limit_gib"))))
         return 0
     p = argparse.ArgumentParser(prog="python -m recbole_mamba.bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-limit-gib", type=float, default=16.0,
-                   help="CPU: address-space cap per child, so that a model that does not fit fails "
+                   help="CPU: address space each child may map beyond its built model, so that a model that does not fit fails "
                         "cleanly as OOM instead of swapping the machine (0: none)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per (model, length)")
     p.add_argument("--out", default=None, help="folder for efficiency.csv, efficiency.md, efficiency.png")

@@ -154,6 +154,24 @@ def _trial_id_from_path(path: str | None) -> str:
     return "_".join(parts[2:4]) if len(parts) >= 4 else Path(path or "?").name
 
 
+class Interrupted(Exception):
+    """The search was stopped (Ctrl+C) before every trial finished."""
+
+
+def unfinished_trials(folder: Path, num_samples: int) -> int:
+    """How many of the ``num_samples`` trials the experiment saved in ``folder`` has not finished.
+
+    Read from the state Tune saved on disk: after a Ctrl+C, the trials in the ``ResultGrid``
+    that ``fit`` returns are all marked TERMINATED, while the saved state keeps the interrupted
+    ones PENDING or RUNNING (which is what ``--resume`` restarts); trials the searcher had not
+    yet created are missing from both."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(str(folder)).trials
+    done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+    return max(num_samples, len(trials)) - done
+
+
 def trial_rows(results, metric: str, mode: str, max_epochs: int, params: list[str],
                experiment_dir: Path) -> list[dict]:
     """One row per trial, sorted by the best validation metric (errored trials last)."""
@@ -175,7 +193,7 @@ def trial_rows(results, metric: str, mode: str, max_epochs: int, params: list[st
         attempts = len(starts.read_text().split()) if starts.is_file() else 0
         row = {"trial": trial_id, "status": status,
                "epochs": epochs, "attempts": attempts, metric: best}
-        row.update({p: result.config.get(p) for p in params})
+        row.update({p: (result.config or {}).get(p) for p in params})
         if result.error is not None:
             row["error"] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:200]}"
         rows.append(row)
@@ -303,6 +321,12 @@ def run(args: argparse.Namespace, passthrough: dict) -> dict:
         )
     results = tuner.fit()
     wall = time.time() - start
+    unfinished = unfinished_trials(folder, args.num_samples)
+    if unfinished:
+        # Ctrl+C (SIGINT) makes Tune save its state and return normally; tables written now
+        # would call an interrupted trial "stopped early".
+        raise Interrupted(f"search interrupted with {unfinished} of {args.num_samples} trial(s) unfinished; "
+                          f"its state is saved in {folder}: run the same command with --resume to finish it")
     rows = trial_rows(results, metric, mode, args.max_epochs, list(space), folder)
     write_tables(rows, folder, metric)
     summary: dict[str, Any] = {
@@ -336,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     except (HyperError, SpaceError) as exc:
         print(f"run_hyper: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"run_hyper: {exc}", file=sys.stderr)
+        return 130
     folder = Path(args.storage).resolve() / (args.name or f"{args.model}-{args.dataset}")
     print((folder / "trials.md").read_text())
     print(f"{summary['trials']} trials in {summary['wall_s']} s; {summary['stopped_early']} stopped early, "
