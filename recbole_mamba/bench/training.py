@@ -7,7 +7,8 @@
         --max-batches 30 [--minutes 10 --eval-every 60]
 
 Each variant (``name: key=value ...``, RecBole config keys; ``dataset=recbole`` builds RecBole's
-own materialising ``SequentialDataset`` instead of ours) runs in a fresh child process so that
+own materialising ``SequentialDataset`` instead of ours; ``model=NAME`` trains another model than
+``--model``, e.g. SASRec with RecBole's augmentation against MambaRec on all positions) runs in a fresh child process so that
 its peak resident memory (``VmHWM``: dataset, dataloader and training together) is its own.
 A child builds the data (timed), then trains:
 
@@ -15,7 +16,9 @@ A child builds the data (timed), then trains:
   (``epoch s`` is marked ``~``); without it one full epoch is timed.
 * ``--minutes M``: train for M minutes of training time (evaluation not counted), evaluating
   the validation NDCG@10 (RecBole's evaluator, the configured ranking) every ``--eval-every``
-  seconds and at the end: the NDCG@10 reached per wall-clock minute of training.
+  seconds and at the end: the NDCG@10 reached per wall-clock minute of training, and the
+  training time each variant needs to reach the first variant's best (its ratio to the time the
+  first variant took to reach it).
 
 Ratios are against the first variant. The training loop is RecBole's ``_train_epoch`` reduced
 to what these models use (zero_grad, calculate_loss, backward, step), so that it can stop after
@@ -73,13 +76,14 @@ def run_child(args: dict) -> dict:
 
     overrides = dict(args["overrides"])
     dataset_kind = overrides.pop("dataset", "ours")
+    model_name = overrides.pop("model", args["model"])
     overrides.setdefault("show_progress", False)
     overrides.setdefault("metrics", ["Hit", "NDCG", "MRR"])
     overrides.setdefault("topk", [10])
     overrides.setdefault("valid_metric", "NDCG@10")
     overrides.setdefault("checkpoint_dir", args["checkpoint_dir"])
     t0 = time.perf_counter()
-    config = Config(model=args["model"], dataset=args["dataset"],
+    config = Config(model=model_name, dataset=args["dataset"],
                     config_file_list=args["config_files"] or None, config_dict=overrides)
     init_seed(config["seed"], config["reproducibility"])
     dataset = SequentialDataset(config) if dataset_kind == "recbole" else create_dataset(config)
@@ -135,6 +139,28 @@ def run_child(args: dict) -> dict:
         "epoch_s": first_epoch_s, "extrapolated": bool(max_batches and max_batches < n_batches),
         "peak_rss": status_bytes("VmHWM", default=0), "curve": curve, "metric": metric, "batches_trained": done,
     }
+
+
+def reach_minute(curve: list[tuple[float, float]], target: float) -> float | None:
+    """The first training minute at which ``curve`` (``(minute, value)`` pairs) is >= ``target``."""
+    return next((m for m, v in curve if v >= target), None)
+
+
+def time_to_target_table(results: list[tuple[str, dict | None]]) -> str:
+    """Markdown: how long each traced variant trains to reach the first variant's best value,
+    and that time as a ratio to the first variant's own time to its best."""
+    name0, base = results[0]
+    minute0, target = max(base["curve"], key=lambda c: c[1])
+    minute0 = reach_minute(base["curve"], target)
+    lines = [f"| variant | minutes to {name0}'s best {base['metric']} ({target:.4f}) | ratio |", "|---|---|---|"]
+    for name, r in results:
+        if not r or not r["curve"]:
+            continue
+        m = reach_minute(r["curve"], target)
+        cell = f"{m:.1f} | {m / minute0:.2f}x" if m is not None else (
+            f"not reached in {r['curve'][-1][0]:.1f} (best {max(v for _, v in r['curve']):.4f}) | -")
+        lines.append(f"| {name} | {cell} |")
+    return "\n".join(lines)
 
 
 def _fmt_gib(n: int) -> str:
@@ -204,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         if r and r["curve"]:
             trace = ", ".join(f"{m:.1f} min: {v:.4f}" for m, v in r["curve"])
             print(f"{name} {r['metric']} by training minute: {trace}")
+    if base and base["curve"] and len(results) > 1:
+        print()
+        print(time_to_target_table(results))
     return 0 if all(r for _, r in results) else 1
 
 
