@@ -9,17 +9,15 @@ path, ~all blocks). A block that pyarrow rejects, or that holds a carriage retur
 or a negative value, is re-read line by line in Python to name the bad line (file and 1-based
 line number) and either raise or skip it (``--on-bad-lines skip``; counted in the summary).
 
-Memory stays bounded whatever the input size: parsed blocks go to :class:`PerUserKeeper`, which
-holds at most ``max_len`` events per user (and at most ``num_users`` users) plus one pending
-chunk, compacting (sort by user and time, keep the first or last ``max_len`` per user) whenever
-the pending rows exceed ``compact_rows``.
+Memory stays bounded whatever the input size: parsed blocks go to
+:class:`~dataset_prep.keeper.PerUserKeeper`, which holds at most ``max_len`` events (plus slack)
+per user, and at most ``num_users`` users.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import pyarrow.csv as pacsv
 from tqdm import tqdm
 
 from dataset_prep.common import BadLineCounter, atomic_outputs, human_rate
+from dataset_prep.keeper import PerUserKeeper
 
 BLOCK_BYTES = 64 << 20
 
@@ -212,111 +211,6 @@ def read_events(paths: Sequence[Path], layout_for, bad: BadLineCounter,
                 bar.update(path.stat().st_size - reported)
 
 
-def _narrow(a: np.ndarray) -> np.ndarray:
-    """``a`` as int32 when its values fit (they are >= 0 here), else unchanged."""
-    if a.dtype == np.int64 and a.size and a.max() < 2**31:
-        return a.astype(np.int32)
-    return a
-
-
-class PerUserKeeper:
-    """Keep the first or last ``max_len`` events of each user (of the ``num_users`` smallest ids).
-
-    Feed int64 arrays with :meth:`add`; :meth:`result` returns them sorted by (user, time), ties in
-    arrival order. Memory: the kept rows (<= num_users x max_len) plus < ``compact_rows`` pending.
-    """
-
-    def __init__(self, max_len: int, keep: str = "last", num_users: int | None = None,
-                 compact_rows: int = 8_000_000) -> None:
-        if keep not in ("first", "last"):
-            raise ValueError(f"keep must be 'first' or 'last', got {keep!r}")
-        if max_len < 1 or (num_users is not None and num_users < 1):
-            raise ValueError("max_len and num_users must be positive")
-        self.max_len, self.keep, self.num_users = max_len, keep, num_users
-        self.compact_rows = compact_rows
-        self._kept = [np.empty(0, np.int64)] * 3
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._n_pending = 0
-        self._user_cap: int | None = None  # users above this id can be dropped on arrival
-        self.rows_in = 0
-        # Compaction runs on a worker thread while the reader parses the next blocks: numpy's
-        # sorts and pyarrow's parser both release the GIL, so the two use both cores.
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._running: Future | None = None
-
-    def add(self, user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> None:
-        self.rows_in += len(user)
-        if self._user_cap is not None:
-            m = user <= self._user_cap
-            if not m.all():
-                user, item, ts = user[m], item[m], ts[m]
-        # ids fit in 32 bits in every known log: halve their memory (exact; checked per block)
-        user, item = _narrow(user), _narrow(item)
-        self._pending.append((user, item, ts))
-        self._n_pending += len(user)
-        if self._n_pending >= self.compact_rows:
-            self._wait()
-            batch, self._pending, self._n_pending = self._pending, [], 0
-            self._running = self._pool.submit(self._compact, batch)
-
-    def _wait(self) -> None:
-        if self._running is not None:
-            self._running.result()  # re-raises a worker's exception
-            self._running = None
-
-    def _compact(self, batch: list) -> None:
-        if not batch:
-            return
-        n_kept = len(self._kept[0])
-        parts = [self._kept] + [list(p) for p in batch]
-        user, item, ts = (np.concatenate([p[k] for p in parts]) for k in range(3))
-        del parts
-        order = self._order(user, ts, n_kept)
-        user, item, ts = user[order], item[order], ts[order]
-        del order
-        n = len(user)
-        starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if n else np.empty(0, np.int64)
-        if self.num_users is not None and len(starts) > self.num_users:
-            end = starts[self.num_users]
-            user, item, ts = user[:end], item[:end], ts[:end]
-            self._user_cap = int(user[-1])
-            starts = starts[: self.num_users]
-            n = end
-        sizes = np.diff(np.r_[starts, n])
-        rank = np.arange(n) - np.repeat(starts, sizes)
-        if self.keep == "first":
-            m = rank < self.max_len
-        else:
-            m = rank >= np.repeat(sizes, sizes) - self.max_len
-        self._kept = [user[m], item[m], ts[m]]
-
-    @staticmethod
-    def _order(user: np.ndarray, ts: np.ndarray, n_sorted: int) -> np.ndarray:
-        """Stable order by (user, time) of rows whose first ``n_sorted`` are already sorted.
-
-        When user and time pack into one int64 key (user < 2^31, time range < 2^32: true of
-        LFM-1b seconds and of weeks of KuaiRand milliseconds), only the new rows are sorted and
-        the two sorted runs are merged by timsort in linear time; otherwise a full lexsort.
-        """
-        t0, t1 = (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
-        if len(user) and int(user.max()) < 2**31 and t1 - t0 < 2**32:
-            key = (user.astype(np.int64) << 32) | (ts - t0)
-            new = np.argsort(key[n_sorted:], kind="stable")
-            new += n_sorted
-            runs = np.concatenate([np.arange(n_sorted), new])
-            del new
-            return runs[np.argsort(key[runs], kind="stable")]
-        return np.lexsort((ts, user))  # stable: ties keep arrival order
-
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The kept rows ``(user, item, time)``, sorted by user then time."""
-        self._wait()
-        batch, self._pending, self._n_pending = self._pending, [], 0
-        self._compact(batch)
-        self._pool.shutdown()
-        return tuple(self._kept)
-
-
 @dataclass
 class EventSummary:
     """What a conversion read and wrote; ``str()`` is the CLI's report."""
@@ -423,8 +317,7 @@ def ensure_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 def convert_events(paths: Sequence[Path], layout_for, output_dir: str | os.PathLike, name: str | None,
                    max_len: int, keep: str, num_users: int | None, on_bad_lines: str, force: bool,
-                   progress: bool, source: str, compact_rows: int = 8_000_000,
-                   block_bytes: int = BLOCK_BYTES) -> EventSummary:
+                   progress: bool, source: str, block_bytes: int = BLOCK_BYTES) -> EventSummary:
     """Read ``paths``, keep ``max_len`` events per user, and write the dataset (see the module doc).
 
     Raises :class:`~dataset_prep.common.BadInputError` on the first bad line (``on_bad_lines``
@@ -438,7 +331,7 @@ def convert_events(paths: Sequence[Path], layout_for, output_dir: str | os.PathL
     check_outputs(targets, force)  # fail before reading a billion rows, not after
     start = time.perf_counter()
     bad = BadLineCounter(on_bad_lines)
-    keeper = PerUserKeeper(max_len, keep, num_users, compact_rows=compact_rows)
+    keeper = PerUserKeeper(max_len, keep, num_users)
     counter: dict = {}
     for u, i, t in read_events(paths, layout_for, bad, progress=progress, block_bytes=block_bytes,
                                counter=counter):

@@ -18,7 +18,7 @@ import pytest
 from conftest import shared_data_dir
 from dataset_prep import kuairand, lfm1b
 from dataset_prep.common import BadInputError
-from dataset_prep.events import PerUserKeeper
+from dataset_prep.keeper import PerUserKeeper
 from dataset_prep.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,25 +73,38 @@ def test_lfm1b_keep_order_and_remap(tmp_path, keep, expected):
     assert "MAX_ITEM_LIST_LENGTH: 3" in yaml_text and "mode: uni100" in yaml_text
 
 
-@pytest.mark.parametrize("ts_range", [10**6, 2**40])  # packed-key merge path, lexsort path
-def test_user_cap_keeps_smallest_ids_across_compactions(ts_range):
-    rng = np.random.default_rng(0)
-    n = 50_000
-    user, item, ts = rng.integers(0, 300, n), rng.integers(0, 10_000, n), rng.integers(0, ts_range, n)
-    ts[::7] = ts[1::7][: len(ts[::7])] if len(ts[1::7]) >= len(ts[::7]) else ts[::7]  # some ties
-    k = PerUserKeeper(max_len=7, keep="last", num_users=100, compact_rows=3_000)
-    for s in range(0, n, 1_000):
-        k.add(user[s:s + 1000], item[s:s + 1000], ts[s:s + 1000])
-    u, i, t = k.result()
-    # reference: pure python
+def _kept_by_python(user, item, ts, max_len, keep, num_users):
+    """The reference: every row held in Python, sorted by (time, arrival) per user."""
     events: dict[int, list] = {}
-    for a, b, c, idx in zip(user.tolist(), item.tolist(), ts.tolist(), range(n)):
+    for a, b, c, idx in zip(user.tolist(), item.tolist(), ts.tolist(), range(len(user))):
         events.setdefault(a, []).append((c, idx, b))
-    expect = []
-    for a in sorted(events)[:100]:
-        for c, _, b in sorted(events[a])[-7:]:
-            expect.append((a, b, c))
-    assert list(zip(u.tolist(), i.tolist(), t.tolist())) == expect
+    out = []
+    for a in sorted(events)[: num_users or None]:
+        rows = sorted(events[a])
+        rows = rows[-max_len:] if keep == "last" else rows[:max_len]
+        out += [(a, b, c) for c, _, b in rows]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_keeper_matches_a_full_sort(seed):
+    """Random streams: ties, rows in and out of time order, a user cap that evicts users seen
+    earlier, buffers cut many times (small slack), blocks of odd sizes."""
+    rng = np.random.default_rng(seed)
+    n, max_len = int(rng.integers(5_000, 40_000)), int(rng.integers(1, 30))
+    keep = ("last", "first")[seed % 2]
+    num_users = (None, 60)[seed % 4 >= 2]
+    user = rng.integers(0, 300, n) * (1, 10**9)[seed % 3 == 0]
+    item = rng.integers(0, 10_000, n)
+    ts = rng.integers(0, (10, 10**6, 2**40)[seed % 3], n)
+    if seed in (1, 6):
+        ts = np.sort(ts)  # time-ordered arrival: the cut's sort is skipped
+    k = PerUserKeeper(max_len=max_len, keep=keep, num_users=num_users, slack=int(rng.integers(1, 20)))
+    block = int(rng.integers(1, 3_000))
+    for s in range(0, n, block):
+        k.add(user[s:s + block], item[s:s + block], ts[s:s + block])
+    got = list(zip(*(a.tolist() for a in k.result())))
+    assert got == _kept_by_python(user, item, ts, max_len, keep, num_users)
 
 
 @pytest.mark.parametrize("text,line_no,reason", [
