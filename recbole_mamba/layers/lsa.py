@@ -95,13 +95,14 @@ class InterestPooling(nn.Module):
     def running_update(self, x: torch.Tensor, top: torch.Tensor, norm: torch.Tensor,
                        total: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Add one position x (batch, D) to the running sums: online softmax (a running max
-        rescales the older terms), O(P * D) per row. Returns the new (max, norm, sum)."""
+        rescales the older terms), O(P * D) per row. Returns the new (max, norm, sum); the
+        (batch, P, D) sum is updated in place (two passes, no temporary of its size)."""
         logit = x @ self.theta
         new_top = torch.maximum(top, logit)
         old_scale = torch.exp(top - new_top)  # 0 when the row was empty (top = -inf)
         new_w = torch.exp(logit - new_top)
         norm = torch.addcmul(new_w, norm, old_scale)
-        total = torch.addcmul(new_w.unsqueeze(-1) * x.unsqueeze(1), total, old_scale.unsqueeze(-1))
+        total.mul_(old_scale.unsqueeze(-1)).addcmul_(new_w.unsqueeze(-1), x.unsqueeze(1))
         return new_top, norm, total
 
 
@@ -212,13 +213,16 @@ class LowRankSelfAttention(nn.Module):
         return self.forward(x, mask), state
 
     def step(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        """One new position per row: x (batch, D) -> (out (batch, D), new state); O(P * D)."""
+        """One new position per row: x (batch, D) -> (out (batch, D), new state); O(P * D).
+        The state's (batch, P, D) sums are updated in place."""
         self._require_causal()
-        key_state = self.pool_key.running_update(self.key(x), *state[:3])
-        value_state = self.pool_value.running_update(self.value(x), *state[3:])
-        k = self._heads(key_state[2] / key_state[1].unsqueeze(-1))  # (b, P, H, dh)
-        v = self._heads(value_state[2] / value_state[1].unsqueeze(-1))
+        top_k, norm_k, sum_k = self.pool_key.running_update(self.key(x), *state[:3])
+        top_v, norm_v, sum_v = self.pool_value.running_update(self.value(x), *state[3:])
         q = self._heads(self.query(x))  # (b, H, dh)
-        scores = torch.einsum("bhd,bphd->bhp", q, k) / math.sqrt(self.head_dim)
-        ctx = torch.einsum("bhp,bphd->bhd", torch.softmax(scores, dim=-1), v).reshape(x.shape)
-        return self.LayerNorm(self.out_dropout(ctx) + x), (*key_state, *value_state)
+        # pooled key/value = sum / norm: the normalisers are applied to the (b, H, P) scores
+        # and weights instead of dividing the (b, P, D) sums
+        scores = torch.einsum("bhd,bphd->bhp", q, self._heads(sum_k))
+        scores = scores / (norm_k.unsqueeze(1) * math.sqrt(self.head_dim))
+        probs = torch.softmax(scores, dim=-1) / norm_v.unsqueeze(1)
+        ctx = torch.einsum("bhp,bphd->bhd", probs, self._heads(sum_v)).reshape(x.shape)
+        return self.LayerNorm(self.out_dropout(ctx) + x), (top_k, norm_k, sum_k, top_v, norm_v, sum_v)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mamba.ops import selective_scan_fn, selective_state_update
+from recbole_mamba.ops import causal_conv1d_update, selective_scan_fn, selective_state_update
 
 
 class Mamba(nn.Module):
@@ -192,12 +192,8 @@ class Mamba(nn.Module):
             raise ValueError(f"Mamba.step expects (batch, 1, d_model), got {tuple(hidden_states.shape)}")
         xz = self.in_proj(hidden_states.squeeze(1))
         x, z = xz.chunk(2, dim=-1)
-        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-        conv_state[:, :, -1] = x
-        x = torch.sum(conv_state * self.conv1d.weight[:, 0, :], dim=-1)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = self.act(x).to(hidden_states.dtype)
+        x = causal_conv1d_update(x, conv_state, self.conv1d.weight[:, 0, :], self.conv1d.bias,
+                                 silu=True).to(hidden_states.dtype)
         x_db = self.x_proj(x)
         dt, B, C = torch.split(x_db, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)
