@@ -102,10 +102,13 @@ def _slow_block(block: bytes, first_line: int, path: Path, layout: Layout,
     return {name: np.asarray(c, dtype=np.int64) for name, c in zip(layout.needed, cols)}
 
 
-def _fast_block(block: bytes, layout: Layout) -> dict[str, np.ndarray] | None:
-    """Parse a block with pyarrow; ``None`` if anything about it is off (then the slow path)."""
-    if b"\r" in block or b"\n\n" in block or block.startswith(b"\n"):
-        return None
+def _fast_block(block, layout: Layout) -> tuple[dict[str, np.ndarray], int] | None:
+    """Parse a block of whole lines (bytes or a zero-copy memoryview) with pyarrow: the columns
+    and the number of lines, or ``None`` if anything about it is off (then the slow path).
+
+    An empty line or a wrong column count fails pyarrow's parse (every line must have all
+    columns, none may be empty), so the only check here is for carriage returns, which pyarrow
+    would accept silently as line ends."""
     try:
         table = pacsv.read_csv(
             pa.py_buffer(block),
@@ -123,7 +126,7 @@ def _fast_block(block: bytes, layout: Layout) -> dict[str, np.ndarray] | None:
     out = {c: table.column(c).to_numpy() for c in layout.needed}
     if any(v.size and v.min() < 0 for v in (out[layout.user], out[layout.item], out[layout.time])):
         return None
-    return out
+    return out, table.num_rows
 
 
 CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
@@ -171,38 +174,49 @@ def read_events(paths: Sequence[Path], layout_for, bad: BadLineCounter,
                     _read_header_line(stream)
                     line_no = 2
                 pending, reported = b"", 0
+
+                def parse(block, first: int, last: int) -> Iterator[tuple[np.ndarray, ...]]:
+                    """Lines block[first:last] (bytes); fast path unless a CR is in there."""
+                    nonlocal line_no
+                    parsed = None
+                    if block.find(b"\r", first, last) < 0:
+                        # a zero-copy view of the block: no 64 MiB copy per block
+                        parsed = _fast_block(memoryview(block)[first:last], layout)
+                    if parsed is None:
+                        cols = _slow_block(block[first:last], line_no, path, layout, bad)
+                        lines = block.count(b"\n", first, last)
+                    else:
+                        cols, lines = parsed
+                    line_no += lines
+                    u, i, t = cols[layout.user], cols[layout.item], cols[layout.time]
+                    counter["rows"] += len(u)
+                    keep = None
+                    for col, value in layout.filters.items():
+                        hit = cols[col] == value
+                        keep = hit if keep is None else keep & hit
+                    if keep is not None:
+                        u, i, t = u[keep], i[keep], t[keep]
+                    if len(u):
+                        yield u, i, t
+
                 while True:
                     chunk = stream.read(block_bytes)
-                    at_eof = not chunk
-                    data = pending + chunk
-                    if at_eof:
-                        if not pending:
-                            break
-                        cut = pending.rfind(b"\n") + 1
-                        tail = pending[cut:]
-                        data, pending = pending[:cut], b""
-                    else:
-                        cut = data.rfind(b"\n") + 1
-                        data, pending = data[:cut], data[cut:]
-                    if data:
-                        parsed = _fast_block(data, layout)
-                        if parsed is None:
-                            parsed = _slow_block(data, line_no, path, layout, bad)
-                        line_no += data.count(b"\n")
-                        u, i, t = parsed[layout.user], parsed[layout.item], parsed[layout.time]
-                        counter["rows"] += len(u)
-                        keep = None
-                        for col, value in layout.filters.items():
-                            hit = parsed[col] == value
-                            keep = hit if keep is None else keep & hit
-                        if keep is not None:
-                            u, i, t = u[keep], i[keep], t[keep]
-                        if len(u):
-                            yield u, i, t
-                    if at_eof:
-                        bad.bad(path, line_no, "truncated last line (no newline at end of file)",
-                                tail.decode("utf-8", "replace"))
+                    if not chunk:
+                        if pending:
+                            bad.bad(path, line_no, "truncated last line (no newline at end of file)",
+                                    pending.decode("utf-8", "replace"))
                         break
+                    first, last = chunk.find(b"\n"), chunk.rfind(b"\n")
+                    if first < 0:  # no line end in this chunk: a very long line
+                        pending += chunk
+                        continue
+                    # the line cut at the previous chunk's end, completed; then this chunk's
+                    # whole lines in place; its cut last line waits for the next chunk
+                    head = pending + chunk[: first + 1]
+                    yield from parse(head, 0, len(head))
+                    if last > first:
+                        yield from parse(chunk, first + 1, last + 1)
+                    pending = chunk[last + 1:]
                     pos = raw.tell()
                     bar.update(pos - reported)
                     reported = pos

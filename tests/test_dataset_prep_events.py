@@ -138,6 +138,25 @@ def test_bad_line_in_a_later_block_has_the_right_line_number(tmp_path):
     assert err.value.line_no == 5001
 
 
+@pytest.mark.parametrize("block_bytes", [5, 64, 4096])
+def test_block_size_changes_nothing(tmp_path, block_bytes):
+    """Lines cut at every possible place between reads (a block smaller than a line included):
+    the same rows, and a bad line still named exactly, under --on-bad-lines skip."""
+    src = tmp_path / "events.txt"
+    generate(src, "lfm1b", rows=3_000, users=40, items=500, seed=1, progress=False)
+    lines = src.read_text().splitlines(keepends=True)
+    lines.insert(1234, "7\t1\t1\n")
+    src.write_text("".join(lines))
+    outs = {}
+    for size in (1 << 20, block_bytes):
+        out = tmp_path / f"o{size}" / "x"
+        summary = lfm1b.convert_events([src], lambda p: lfm1b.layout(), out, None, 25, "last", None,
+                                       "skip", False, False, "test", block_bytes=size)
+        assert summary.skipped.startswith("bad lines skipped: 1 ") and ":1235:" in summary.skipped, summary.skipped
+        outs[size] = (out / "x.inter").read_text()
+    assert outs[block_bytes] == outs[1 << 20]
+
+
 def test_skip_counts_every_kind(tmp_path):
     src = tmp_path / "events.txt"
     src.write_bytes(b"1\t2\t3\t4\t5\n\n1\t2\n1\t2\t3\t4\tx\r\n2\t2\t3\t4\t7\n2\t9\t9\t9")
