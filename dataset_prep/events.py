@@ -32,6 +32,7 @@ from dataset_prep.common import BadLineCounter, atomic_outputs, human_rate
 from dataset_prep.keeper import PerUserKeeper
 
 BLOCK_BYTES = 64 << 20
+WRITE_ROWS = 4_000_000
 
 
 @dataclass
@@ -300,7 +301,10 @@ def write_dataset(user: np.ndarray, item: np.ndarray, ts: np.ndarray, output_dir
                                            **yaml_fields))
         with open(inter, "wb") as f:
             f.write(b"user_id:token\titem_id:token\ttimestamp:float\n")
-            pacsv.write_csv(pa.table({"u": user_idx + 1, "i": item_idx + 1, "t": ts}), f, opts)
+            for lo in range(0, len(ts), WRITE_ROWS):  # slices: bounded temporaries
+                hi = lo + WRITE_ROWS
+                pacsv.write_csv(pa.table({"u": user_idx[lo:hi] + 1, "i": item_idx[lo:hi] + 1,
+                                          "t": ts[lo:hi]}), f, opts)
     return paths, len(raw_users), len(raw_items)
 
 
@@ -351,6 +355,7 @@ def convert_events(paths: Sequence[Path], layout_for, output_dir: str | os.PathL
                                counter=counter):
         keeper.add(u, i, t)
     user, item, ts = keeper.result()
+    del keeper  # its per-user buffers, before the output's temporaries
     if len(user) == 0:
         raise ValueError(f"no events left to write from {', '.join(map(str, paths))} "
                          "(empty input, or every row filtered out)")
