@@ -183,7 +183,9 @@ class PerUserKeeper:
         return s
 
     def _slots_for(self, uniques: np.ndarray) -> np.ndarray:
-        """Slots of a block's distinct raw ids (-1: dropped by ``num_users``); new ids get one."""
+        """Slots of a block's distinct raw ids (-1: dropped by ``num_users``); new ids get one.
+        The ids it evicts (``num_users``) are left in ``self._evicted``."""
+        self._evicted = []
         pos = np.searchsorted(self._known, uniques)
         found = pos < len(self._known)
         found[found] = self._known[pos[found]] == uniques[found]
