@@ -32,3 +32,29 @@ def test_causal_lsa_gradients_finite_with_wide_logit_spread():
     scale = 1.0 / (lsa.head_dim ** 0.5)
     torch.testing.assert_close(lsa._causal_by_pairs(q, k, v, mask, scale),
                                lsa._causal_by_prefix(q, k, v, mask, scale), rtol=1e-4, atol=1e-5)
+
+
+def test_pooling_weights_leave_float32_only_when_the_spread_needs_it():
+    from recbole_mamba.layers.lsa import FLOAT32_SAFE_SPREAD, InterestPooling
+
+    logits = torch.randn(2, 10, 3)
+    w, norm = InterestPooling._prefix(logits)
+    assert w.dtype == norm.dtype == torch.float32
+    wide = logits.clone()
+    wide[1, 0, 2] = -(FLOAT32_SAFE_SPREAD + 30.0)  # a first position far below the row's max
+    w, norm = InterestPooling._prefix(wide)
+    assert w.dtype == norm.dtype == torch.float64 and norm.min() > 0
+    padded = logits.masked_fill(torch.arange(10).view(1, 10, 1) >= 4, float("-inf"))
+    assert InterestPooling._prefix(padded)[0].dtype == torch.float32  # padding is not a spread
+
+
+def test_float32_path_matches_float64_module():
+    torch.manual_seed(1)
+    lsa = LowRankSelfAttention(16, 2, 4, 0.0, 0.0, causal=True).eval()
+    x = torch.randn(3, 30, 16)
+    mask = torch.ones(3, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    with torch.no_grad():
+        fast = lsa(x, mask)
+        exact = lsa.double()(x.double(), mask)
+    torch.testing.assert_close(fast.double(), exact, rtol=0, atol=2e-5)

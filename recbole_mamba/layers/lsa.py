@@ -24,6 +24,11 @@ import torch
 from torch import nn
 
 
+#: the largest gap (in logits) between a prefix's max and the sequence's max for which the
+#: causal pooling weights stay in float32: exp(-60) ~ 1e-26, far from float32's underflow
+FLOAT32_SAFE_SPREAD = 60.0
+
+
 class InterestPooling(nn.Module):
     """Softmax pooling of L positions into P interests: (batch, L, D) -> (batch, [L,] P, D)."""
 
@@ -44,7 +49,7 @@ class InterestPooling(nn.Module):
             weights = torch.softmax(logits, dim=1)
             return torch.einsum("blp,bld->bpd", weights, x)
         w, norm = self._prefix(logits)
-        num = torch.cumsum(w.unsqueeze(-1) * x.unsqueeze(2), dim=1)  # (batch, L, P, D), float64
+        num = torch.cumsum(w.unsqueeze(-1) * x.unsqueeze(2), dim=1)  # (batch, L, P, D), w's dtype
         return (num / norm.unsqueeze(-1)).to(x.dtype)
 
     @staticmethod
@@ -53,15 +58,21 @@ class InterestPooling(nn.Module):
 
         Shifted by the max over the (real) sequence for stability. The shift cancels exactly
         between numerator and normaliser, so row t depends on positions <= t only (up to float
-        rounding). Computed in float64: a prefix whose logits all lie far below the sequence's
-        max (more than ~87 in float32, which trained models reach) would otherwise underflow to
-        a zero normaliser and NaN gradients; float64 holds spreads up to ~700 exactly, and
-        beyond that the shifted logits are clamped at -700 (finite, no longer exact). The
-        callers divide in float64 too and cast back.
+        rounding). A prefix whose logits all lie far below the sequence's max (more than ~87 in
+        float32, which trained models reach) would underflow to a zero normaliser and NaN
+        gradients, so when some prefix's max lies more than ``FLOAT32_SAFE_SPREAD`` below the
+        shift, the weights are computed in float64 (exact for spreads up to ~700; beyond that the
+        shifted logits are clamped at -700: finite, no longer exact). Otherwise, as in most
+        batches, they stay in the logits' dtype: the float64 matmuls that follow cost several
+        times the float32 ones. The callers compute in the weights' dtype and cast back.
         """
-        logits = logits.double()
-        shift = logits.amax(dim=1, keepdim=True).detach()
+        shift = logits.detach().amax(dim=1, keepdim=True)
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        if logits.dtype != torch.float64 and logits.numel():
+            prefix_max = torch.cummax(logits.detach() - shift, dim=1).values
+            lowest = prefix_max.masked_fill(~torch.isfinite(prefix_max), 0.0).amin()
+            if float(lowest) < -FLOAT32_SAFE_SPREAD:
+                logits, shift = logits.double(), shift.double()
         shifted = logits - shift
         shifted = torch.where(torch.isfinite(shifted), shifted.clamp_min(-700.0), shifted)
         w = torch.exp(shifted)  # 0 at padding (-inf)
@@ -162,10 +173,15 @@ class LowRankSelfAttention(nn.Module):
         qh = q.transpose(1, 2)  # (b, H, L, dh)
         causal = torch.ones(length, length, dtype=torch.bool, device=key.device).tril()
         qk = (qh @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (b, H, L, L)
-        # pooled weights in float64 (see InterestPooling._prefix), results back in x's dtype
-        scores = ((qk.double() @ wk.unsqueeze(1)) / nk.unsqueeze(1)).to(q.dtype) * scale  # (b, H, L, P)
+        # in the pooling weights' dtype (float64 when needed, see InterestPooling._prefix),
+        # results back in x's dtype
+        # (b, H*L, L) @ (b, L, P): one batched matmul per sequence, no per-head copy of w
+        b, heads = qk.shape[:2]
+        scores = (qk.to(wk.dtype).reshape(b, heads * length, length) @ wk).view(b, heads, length, -1)
+        scores = (scores / nk.unsqueeze(1)).to(q.dtype) * scale  # (b, H, L, P)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        mix = ((probs.double() / nv.unsqueeze(1)) @ wv.transpose(1, 2).unsqueeze(1)).to(q.dtype)
+        mix = (probs.to(nv.dtype) / nv.unsqueeze(1)).reshape(b, heads * length, -1) @ wv.transpose(1, 2)
+        mix = mix.view(b, heads, length, length).to(q.dtype)
         mix = mix.masked_fill(~causal, 0.0)
         return (mix @ v).transpose(1, 2)  # (b, L, H, dh)
 
