@@ -62,29 +62,21 @@ def _add_rows(slots, items, times, buf, fill, thresh, has_thresh, keep_last, max
     and keep-first rows not older than the newest kept row: they rank outside the kept set
     (ties rank by arrival, and a new row arrives after every kept one)."""
     cap = buf.shape[1]
-    dropped = 0
     for r in range(slots.shape[0]):
         s = slots[r]
         if s < 0:
             continue
         t = times[r]
-        if has_thresh[s]:
-            if (t < thresh[s]) if keep_last else (t >= thresh[s]):
-                dropped += 1
-                continue
         n = fill[s]
-        if n == cap:
+        if n == cap:  # a cut only tightens the threshold, so checking after it drops the same rows
             thresh[s] = _cut(buf, s, n, keep_last, max_len)
             has_thresh[s] = True
-            n = max_len
-            if (t < thresh[s]) if keep_last else (t >= thresh[s]):
-                fill[s] = n
-                dropped += 1
-                continue
+            n = fill[s] = max_len
+        if has_thresh[s] and ((t < thresh[s]) if keep_last else (t >= thresh[s])):
+            continue
         buf[s, n, 0] = t
         buf[s, n, 1] = items[r]
         fill[s] = n + 1
-    return dropped
 
 
 @njit(cache=True, nogil=True)
@@ -135,8 +127,6 @@ class PerUserKeeper:
         self.max_len, self.keep, self.num_users = max_len, keep, num_users
         # Slack amortises the cuts: a cut moves max_len rows once per `slack` arrivals.
         self.cap = max_len + (slack if slack is not None else max(max_len // 2, 64))
-        self.rows_in = 0
-        self.rows_dropped = 0
         self._known = _EMPTY  # sorted raw ids with a slot
         self._known_slot = _EMPTY
         self._free: list[int] = []
@@ -166,7 +156,7 @@ class PerUserKeeper:
 
     def _wait(self) -> None:
         if self._running is not None:
-            self.rows_dropped += self._running.result()  # re-raises a worker's exception
+            self._running.result()  # re-raises a worker's exception
             self._running = None
 
     def _new_slot(self, uid: int) -> int:
@@ -246,7 +236,6 @@ class PerUserKeeper:
 
     def add(self, user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> None:
         """One block of rows in arrival order: three int64 arrays of equal length."""
-        self.rows_in += len(user)
         self._wait()  # slots may be reused or reallocated below: the previous block must be in
         if self._cutoff is not None:
             m = user <= self._cutoff

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -46,15 +46,23 @@ def config_flags(extra: list[str]) -> dict[str, Any]:
     return out
 
 
-def pinned_data_path(model: str, dataset: str, config_files: list[str], config: dict) -> dict:
-    """The RecBole config for ``model`` on ``dataset`` checked and made location-independent.
+class ResolvedDataset(NamedTuple):
+    """What :func:`resolve_dataset` found: ``data_path`` is the absolute data folder to pin in
+    the runs' config (None for ml-100k, which lives inside RecBole's wheel)."""
+
+    data_path: str | None
+    valid_metric: str
+    eval_step: int
+
+
+def resolve_dataset(model: str, dataset: str, config_files: list[str], config: dict) -> ResolvedDataset:
+    """The RecBole config for ``model`` on ``dataset``, checked and made location-independent.
 
     Runs that happen in other working directories (Ray trials, comparison runs) must not depend on
-    a relative ``data_path``: returns ``{"data_path": <absolute folder>}`` to add to their config
-    (empty for ml-100k, which lives inside RecBole's wheel). Raises ``ValueError`` with the
-    command that creates the atomic files when they are missing (RecBole would try to download).
-    Also returns the resolved ``valid_metric`` under ``"_valid_metric"`` and ``eval_step`` under
-    ``"_eval_step"`` for callers that need them.
+    a relative ``data_path``: the result's ``data_path`` is the absolute folder to add to their
+    config. Raises ``ValueError`` with the command that creates the atomic files when they are
+    missing (RecBole would try to download). Also returns the resolved ``valid_metric``
+    (lower-case) and ``eval_step``.
     """
     from recbole.config import Config
 
@@ -66,8 +74,5 @@ def pinned_data_path(model: str, dataset: str, config_files: list[str], config: 
     message = missing_dataset_message(dataset, resolved["data_path"])
     if message:
         raise ValueError(message)
-    out: dict[str, Any] = {"_valid_metric": str(resolved["valid_metric"]).lower(),
-                           "_eval_step": resolved["eval_step"]}
-    if dataset != "ml-100k":
-        out["data_path"] = str(Path(resolved["data_path"]).resolve().parent)
-    return out
+    data_path = None if dataset == "ml-100k" else str(Path(resolved["data_path"]).resolve().parent)
+    return ResolvedDataset(data_path, str(resolved["valid_metric"]).lower(), resolved["eval_step"])

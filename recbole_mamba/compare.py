@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from recbole_mamba.bench.proc import child_env, status_bytes
-from recbole_mamba.cli import config_flags, pinned_data_path
+from recbole_mamba.cli import config_flags, resolve_dataset
 
 
 class CompareError(ValueError):
@@ -309,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(f).is_file():
                 raise CompareError(f"config file {f} does not exist")
         # runs happen in their own folders: the data folder must not be relative to here
-        pinned = pinned_data_path(models[0], args.dataset, files, config)
-        if "data_path" in pinned:
-            config["data_path"] = pinned["data_path"]
+        data_path = resolve_dataset(models[0], args.dataset, files, config).data_path
+        if data_path:
+            config["data_path"] = data_path
     except (CompareError, ValueError) as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
         return 2

@@ -150,7 +150,7 @@ def time_to_target_table(results: list[tuple[str, dict | None]]) -> str:
     """Markdown: how long each traced variant trains to reach the first variant's best value,
     and that time as a ratio to the first variant's own time to its best."""
     name0, base = results[0]
-    minute0, target = max(base["curve"], key=lambda c: c[1])
+    target = max(value for _, value in base["curve"])
     minute0 = reach_minute(base["curve"], target)
     lines = [f"| variant | minutes to {name0}'s best {base['metric']} ({target:.4f}) | ratio |", "|---|---|---|"]
     for name, r in results:

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from recbole_mamba.cli import config_flags, pinned_data_path, recbole_sees_no_flags
+from recbole_mamba.cli import config_flags, recbole_sees_no_flags, resolve_dataset
 
 from recbole_mamba.hyper.space import SpaceError, default_space_file, load_space, to_tune
 from recbole_mamba.hyper.trainable import attempts_file
@@ -88,14 +88,14 @@ def _base_config(args: argparse.Namespace, passthrough: dict) -> tuple[list[str]
             raise HyperError(f"config file {f} does not exist")
     base = {**passthrough, "epochs": args.max_epochs}
     try:
-        pinned = pinned_data_path(args.model, args.dataset, files, base)
+        resolved = resolve_dataset(args.model, args.dataset, files, base)
     except ValueError as exc:
         raise HyperError(str(exc)) from None
-    if pinned["_eval_step"] != 1:
-        log.warning("eval_step is %s: trials report every %s epochs", pinned["_eval_step"], pinned["_eval_step"])
-    if "data_path" in pinned:  # trials run in other directories
-        base["data_path"] = pinned["data_path"]
-    return files, base, pinned["_valid_metric"]
+    if resolved.eval_step != 1:
+        log.warning("eval_step is %s: trials report every %s epochs", resolved.eval_step, resolved.eval_step)
+    if resolved.data_path:  # trials run in other directories
+        base["data_path"] = resolved.data_path
+    return files, base, resolved.valid_metric
 
 
 def init_ray(address: str | None) -> None:

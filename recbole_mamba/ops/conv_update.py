@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from numba import njit, prange
+
+from recbole_mamba.ops.selective_scan_cpu import as_numpy, needs_grad
 
 
 def causal_conv1d_update_ref(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
@@ -55,10 +56,8 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
                          bias: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
     """Dispatch: the numba kernel for a contiguous float32/float64 CPU state when no gradient
     is needed, the torch form otherwise. Shapes as :func:`causal_conv1d_update_ref`."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, conv_state, weight, bias))
     dtype = conv_state.dtype
-    if needs_grad or conv_state.device.type != "cpu" or not conv_state.is_contiguous() \
+    if needs_grad(x, conv_state, weight, bias) or conv_state.device.type != "cpu" or not conv_state.is_contiguous() \
             or dtype not in (torch.float32, torch.float64):
         return causal_conv1d_update_ref(x, conv_state, weight, bias, silu)
     nb, nd, width = conv_state.shape
@@ -68,11 +67,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
             f"({nd}, {width}), bias ({nd},); got x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
             f"bias {None if bias is None else tuple(bias.shape)}")
 
-    def arr(t):
-        return t.detach().to(dtype).contiguous().numpy()
-
     out = torch.empty((nb, nd), dtype=dtype)
-    _update(arr(x), conv_state.numpy(), arr(weight),
-            arr(bias) if bias is not None else np.zeros(1, conv_state.numpy().dtype),
+    _update(as_numpy(x, dtype), conv_state.numpy(), as_numpy(weight, dtype), as_numpy(bias, dtype, 1),
             bias is not None, bool(silu), out.numpy())
     return out.to(x.dtype)

@@ -290,11 +290,18 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, device_and_dtype: bool = 
             )
 
 
-def _np(t: torch.Tensor | None, dtype: torch.dtype) -> np.ndarray:
-    """A contiguous NumPy view of ``t`` in ``dtype`` (a 1-element dummy for ``None``)."""
+def as_numpy(t: torch.Tensor | None, dtype: torch.dtype, ndim: int = 3) -> np.ndarray:
+    """A contiguous NumPy view of ``t`` in ``dtype``; for ``None`` a 1-element dummy with
+    ``ndim`` dimensions (a compiled kernel's argument types fix each array's rank)."""
     if t is None:
-        return np.zeros((1, 1, 1), dtype=np.float64 if dtype == torch.float64 else np.float32)
+        return np.zeros((1,) * ndim, dtype=np.float64 if dtype == torch.float64 else np.float32)
     return t.detach().to(dtype).contiguous().numpy()
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd must see an op on ``tensors``: the fused CPU kernels of the one-step
+    ops are inference-only, so their dispatch falls back to the torch form then."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _ngroups(batch: int, dim: int) -> int:
@@ -314,12 +321,12 @@ class SelectiveScanCPU(torch.autograd.Function):
         dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
         nb, nd, length = u.shape
         nstate = A.shape[1]
-        u_, delta_, z_ = _np(u, dtype), _np(delta, dtype), _np(z, dtype)
-        A_ = _np(A, dtype)
-        Bt = _np(B.transpose(1, 2), dtype)  # (B, L, N): contiguous over N for the inner loop
-        Ct = _np(C.transpose(1, 2), dtype)
-        D_ = _np(D, dtype).reshape(-1)
-        bias_ = _np(delta_bias, dtype).reshape(-1)
+        u_, delta_, z_ = as_numpy(u, dtype), as_numpy(delta, dtype), as_numpy(z, dtype)
+        A_ = as_numpy(A, dtype)
+        Bt = as_numpy(B.transpose(1, 2), dtype)  # (B, L, N): contiguous over N for the inner loop
+        Ct = as_numpy(C.transpose(1, 2), dtype)
+        D_ = as_numpy(D, dtype).reshape(-1)
+        bias_ = as_numpy(delta_bias, dtype).reshape(-1)
         nchunks = max(1, -(-length // CHUNK))
         out = torch.empty((nb, nd, length), dtype=dtype)
         ckpt = torch.empty((nb, nd, nchunks, nstate), dtype=dtype)
@@ -356,12 +363,12 @@ class SelectiveScanCPU(torch.autograd.Function):
         dB_part = torch.zeros((ngroups, nb, length, nstate), dtype=dtype)
         dC_part = torch.zeros((ngroups, nb, length, nstate), dtype=dtype)
         if length > 0:
-            _scan_bwd(_np(u, dtype), _np(delta, dtype), _np(A, dtype),
-                      _np(B.transpose(1, 2), dtype), _np(C.transpose(1, 2), dtype),
-                      _np(D, dtype).reshape(-1), _np(z, dtype), _np(delta_bias, dtype).reshape(-1),
+            _scan_bwd(as_numpy(u, dtype), as_numpy(delta, dtype), as_numpy(A, dtype),
+                      as_numpy(B.transpose(1, 2), dtype), as_numpy(C.transpose(1, 2), dtype),
+                      as_numpy(D, dtype).reshape(-1), as_numpy(z, dtype), as_numpy(delta_bias, dtype).reshape(-1),
                       D is not None, z is not None, delta_bias is not None, ctx.delta_softplus,
-                      CHUNK, dtype == torch.float32, ckpt.numpy(), _np(dout, dtype),
-                      _np(dlast, dtype) if dlast is not None else np.zeros((1, 1, 1), dtype=ckpt.numpy().dtype),
+                      CHUNK, dtype == torch.float32, ckpt.numpy(), as_numpy(dout, dtype),
+                      as_numpy(dlast, dtype) if dlast is not None else np.zeros((1, 1, 1), dtype=ckpt.numpy().dtype),
                       dlast is not None, ngroups,
                       du.numpy(), ddelta.numpy(), dz.numpy(), dA_part.numpy(), dD_part.numpy(),
                       dbias_part.numpy(), dB_part.numpy(), dC_part.numpy())

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like
+from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like, as_numpy, needs_grad
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
@@ -70,10 +70,6 @@ def _update(state, x, dt, A, Bm, Cm, Dv, gate, has_d, has_gate, fast_exp, out): 
             out[b, d] = y
 
 
-def _dummy(dtype: np.dtype) -> np.ndarray:
-    return np.zeros((1, 1), dtype=dtype)
-
-
 def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """The fused CPU step (no autograd: inference only). ``state`` must be a contiguous float32
     or float64 CPU tensor; it is updated in place. Shapes as :func:`selective_state_update_ref`.
@@ -93,11 +89,6 @@ def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
             f"B {tuple(B.shape)}, C {tuple(C.shape)}"
         )
     dtype = state.dtype
-    npdt = state.numpy().dtype
-
-    def arr(t):
-        return t.detach().to(dtype).contiguous().numpy()
-
     dt = dt.detach().to(dtype)
     if dt_bias is not None:
         dt = dt + dt_bias.detach().to(dtype)
@@ -105,9 +96,8 @@ def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         dt = F.softplus(dt)
     gate = F.silu(z.detach().to(dtype)) if z is not None else None
     out = torch.empty((nb, nd), dtype=dtype)
-    _update(state.numpy(), arr(x), arr(dt), arr(A), arr(B), arr(C),
-            arr(D) if D is not None else _dummy(npdt).reshape(-1),
-            arr(gate) if gate is not None else _dummy(npdt),
+    _update(state.numpy(), as_numpy(x, dtype), as_numpy(dt, dtype), as_numpy(A, dtype),
+            as_numpy(B, dtype), as_numpy(C, dtype), as_numpy(D, dtype, 1), as_numpy(gate, dtype, 2),
             D is not None, z is not None, dtype == torch.float32, out.numpy())
     return out.to(x.dtype)
 
@@ -126,9 +116,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     """Dispatch: the fused numba kernel for CPU tensors, mamba-ssm's kernel for CUDA tensors when
     it imports, the plain torch form otherwise, for ``backend="reference"``, and whenever autograd
     must see the step (the fused kernels are inference-only)."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias))
-    if backend == "reference" or needs_grad:
+    if backend == "reference" or needs_grad(x, dt, A, B, C, D, z, dt_bias):
         return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     if state.device.type == "cpu" and state.is_contiguous() and state.dtype in (torch.float32, torch.float64):
         return selective_state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
