@@ -23,6 +23,8 @@ import math
 import torch
 from torch import nn
 
+from recbole_mamba.ops import lsa_step
+
 
 #: the largest gap (in logits) between a prefix's max and the sequence's max for which the
 #: causal pooling weights stay in float32: exp(-60) ~ 1e-26, far from float32's underflow
@@ -86,15 +88,14 @@ class InterestPooling(nn.Module):
             logits = logits.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         return self._prefix(logits)
 
-
     # ------------------------------------------------------------------ streaming (inference)
     def running_state(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The online-softmax sums of the causal pooling at each row's last real position.
 
         x (batch, L, D); mask (batch, L) True at real positions. Returns, in x's dtype,
         (max (batch, P), norm (batch, P), weighted sum (batch, P, D)) with
-        ``pooled = sum / norm`` (see :meth:`running_update`); max is -inf for an empty row.
-        Shifted by the row's own max, every weight is <= 1 and the normaliser >= 1, so unlike
+        ``pooled = sum / norm``; max is -inf for an empty row. :func:`recbole_mamba.ops.lsa_step`
+        adds one position. Shifted by the row's own max, every weight is <= 1 and the normaliser >= 1, so unlike
         the prefix form (one shift for all prefixes) this needs no float64.
         """
         logits = (x @ self.theta).masked_fill(~mask.unsqueeze(-1), float("-inf"))
@@ -102,19 +103,6 @@ class InterestPooling(nn.Module):
         safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         w = torch.exp(logits - safe.unsqueeze(1))
         return top, w.sum(dim=1), torch.einsum("blp,bld->bpd", w, x)
-
-    def running_update(self, x: torch.Tensor, top: torch.Tensor, norm: torch.Tensor,
-                       total: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Add one position x (batch, D) to the running sums: online softmax (a running max
-        rescales the older terms), O(P * D) per row. Returns the new (max, norm, sum); the
-        (batch, P, D) sum is updated in place (two passes, no temporary of its size)."""
-        logit = x @ self.theta
-        new_top = torch.maximum(top, logit)
-        old_scale = torch.exp(top - new_top)  # 0 when the row was empty (top = -inf)
-        new_w = torch.exp(logit - new_top)
-        norm = torch.addcmul(new_w, norm, old_scale)
-        total.mul_(old_scale.unsqueeze(-1)).addcmul_(new_w.unsqueeze(-1), x.unsqueeze(1))
-        return new_top, norm, total
 
 
 class LowRankSelfAttention(nn.Module):
@@ -229,18 +217,10 @@ class LowRankSelfAttention(nn.Module):
         return self.forward(x, mask), state
 
     def step(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        """One new position per row: x (batch, D) -> (out (batch, D), new state); O(P * D).
-        The state's (batch, P, D) sums are updated in place."""
+        """One new position per row: x (batch, D) -> (out (batch, D), state); O(P * D).
+        The state's six tensors are updated in place (:func:`recbole_mamba.ops.lsa_step`)."""
         self._require_causal()
-        top_k, norm_k, sum_k = self.pool_key.running_update(self.key(x), *state[:3])
-        top_v, norm_v, sum_v = self.pool_value.running_update(self.value(x), *state[3:])
-        q = self._heads(self.query(x))  # (b, H, dh)
-        # pooled key/value = sum / norm: the normalisers are applied to the (b, P, H) scores
-        # and weights instead of dividing the (b, P, D) sums. Products and sums rather than
-        # einsum: einsum lowers these to batches of 1 x dh x P matmuls behind permuting copies,
-        # 2.2x slower at batch 256 on CPU.
-        scores = (self._heads(sum_k) * q.unsqueeze(1)).sum(-1)  # (b, P, H)
-        scores = scores / (norm_k.unsqueeze(-1) * math.sqrt(self.head_dim))
-        probs = torch.softmax(scores, dim=1) / norm_v.unsqueeze(-1)  # over the P interests
-        ctx = (self._heads(sum_v) * probs.unsqueeze(-1)).sum(1).reshape(x.shape)
-        return self.LayerNorm(self.out_dropout(ctx) + x), (top_k, norm_k, sum_k, top_v, norm_v, sum_v)
+        key_x, value_x = self.key(x), self.value(x)
+        ctx = lsa_step(self.query(x), key_x, value_x, key_x @ self.pool_key.theta,
+                       value_x @ self.pool_value.theta, *state, self.n_heads)
+        return self.LayerNorm(self.out_dropout(ctx) + x), tuple(state)
