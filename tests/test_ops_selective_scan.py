@@ -185,3 +185,34 @@ def test_state_update_cpu_matches_reference(dtype, tol, with_optional):
     torch.testing.assert_close(cpu_state, ref_state, atol=tol, rtol=tol)
     with pytest.raises(ValueError, match="needs x, dt"):
         selective_state_update_cpu(state, x[:, :3], dt, A, B, C)
+
+
+def test_vectorised_softplus_sigmoid_and_exp_are_float32_exact():
+    """The float32 kernels' own exp, softplus and sigmoid against float64 torch: within about
+    one float32 ulp (relative 3e-7) over the whole range they meet, and NaN stays NaN."""
+    import numpy as np
+    from numba import njit
+
+    from recbole_mamba.ops.selective_scan_cpu import _exp_row, _softplus_sigmoid_row
+
+    @njit
+    def run(raw):
+        n = raw.shape[0]
+        out, sig, tmp, ex = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
+        ibuf = np.empty(n, np.int32)
+        _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, True, True)
+        _exp_row(np.float32(1.0), raw, ex, ibuf, ibuf.view(np.float32), True)
+        return out, sig, ex
+
+    raw = np.concatenate([np.linspace(-100, 100, 400_001), [0.0, -0.0, 20.0, 88.0, -87.0]]).astype(np.float32)
+    out, sig, ex = run(raw)
+    x = torch.from_numpy(raw).double()
+    for got, want in ((out, torch.nn.functional.softplus(x)), (sig, torch.sigmoid(x))):
+        want = want.numpy()
+        ok = want > 1e-37  # float32 denormals aside
+        assert np.max(np.abs(got[ok] - want[ok]) / want[ok]) < 3e-7
+    inside = (raw >= -87) & (raw <= 88)
+    want = torch.exp(x).numpy()[inside]
+    assert np.max(np.abs(ex[inside] - want) / want) < 3e-7
+    out, sig, ex = run(np.array([np.nan], np.float32))
+    assert np.isnan(out[0]) and np.isnan(sig[0]) and np.isnan(ex[0])

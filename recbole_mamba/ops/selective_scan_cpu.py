@@ -103,6 +103,51 @@ def _exp_row(dt, a_row, out, ibuf, fview, fast):  # pragma: no cover - compiled
         out[n] *= fview[n]
 
 
+@njit(inline="always", fastmath=_FASTMATH)
+def _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, fast, softplus):  # pragma: no cover - compiled
+    """For every i: out[i] = softplus(raw[i]) (or raw[i] when not ``softplus``) and
+    sig[i] = sigmoid(raw[i]) (d softplus / d raw; 1 when not ``softplus``).
+
+    For float32 both come from one vectorised exp: e = exp(-|r|) in (0, 1], softplus(r) =
+    max(r, 0) + log1p(e) and sigmoid(r) = 1/(1 + e) for r >= 0, e/(1 + e) below. log1p(e) is
+    2 atanh(e / (2 + e)) by its odd series up to s^13 (s <= 1/3: truncation error < 1e-8).
+    Done per chunk of steps ahead of the scan loop, these replace three scalar libm calls per
+    (row, channel, step), which were a third of the scan's time.
+    """
+    n = raw.shape[0]
+    one = _like(1.0, raw)
+    zero = _like(0.0, raw)
+    if not softplus:
+        for i in range(n):
+            out[i] = raw[i]
+            sig[i] = one
+        return
+    if not fast:
+        for i in range(n):
+            r = raw[i]
+            out[i] = r if r > 20.0 else math.log1p(math.exp(r))
+            sig[i] = one / (one + math.exp(-r))
+        return
+    for i in range(n):
+        tmp[i] = -abs(raw[i])
+    _exp_row(one, tmp, tmp, ibuf, ibuf.view(np.float32), fast)
+    two = _like(2.0, raw)
+    k3 = _like(1.0 / 3.0, raw)
+    k5 = _like(1.0 / 5.0, raw)
+    k7 = _like(1.0 / 7.0, raw)
+    k9 = _like(1.0 / 9.0, raw)
+    k11 = _like(1.0 / 11.0, raw)
+    k13 = _like(1.0 / 13.0, raw)
+    for i in range(n):
+        e = tmp[i]
+        r = raw[i]
+        s = e / (two + e)
+        s2 = s * s
+        log1p_e = two * s * (one + s2 * (k3 + s2 * (k5 + s2 * (k7 + s2 * (k9 + s2 * (k11 + s2 * k13))))))
+        out[i] = (r if r > zero else zero) + log1p_e
+        sig[i] = (one if r >= zero else e) / (one + e)
+
+
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _scan_fwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus, chunk, fast_exp,
               out, ckpt, last):  # pragma: no cover - compiled
@@ -116,19 +161,34 @@ def _scan_fwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
         da = np.empty(nstate, dtype=u.dtype)
         ibuf = np.empty(nstate, dtype=np.int32)
         fview = ibuf.view(np.float32)
+        raw = np.empty(chunk, dtype=u.dtype)
+        dts = np.empty(chunk, dtype=u.dtype)
+        gate = np.empty(chunk, dtype=u.dtype)
+        sig = np.empty(chunk, dtype=u.dtype)
+        tmp = np.empty(chunk, dtype=u.dtype)
+        ibuf_t = np.empty(chunk, dtype=np.int32)
         a_row = A[d]
         zero = _like(0.0, A)
-        one = _like(1.0, A)
         dd = Dv[d] if has_d else zero
         bb = bias[d] if has_bias else zero
         for c in range(nchunks):
             ck = ckpt[b, d, c]
             for n in range(nstate):
                 ck[n] = h[n]
-            for t in range(c * chunk, min(length, (c + 1) * chunk)):
-                dt = delta[b, d, t] + bb
-                if softplus:
-                    dt = dt if dt > 20.0 else _like(math.log1p(math.exp(dt)), A)
+            t0 = c * chunk
+            steps = min(length, t0 + chunk) - t0
+            # the chunk's step sizes and gates, vectorised ahead of the recurrence
+            for i in range(steps):
+                raw[i] = delta[b, d, t0 + i] + bb
+            _softplus_sigmoid_row(raw[:steps], dts, sig, tmp, ibuf_t, fast_exp, softplus)
+            if has_z:
+                zrow = z[b, d, t0:t0 + steps]
+                _softplus_sigmoid_row(zrow, tmp, gate, raw, ibuf_t, fast_exp, True)
+                for i in range(steps):
+                    gate[i] *= zrow[i]  # silu(z) = z * sigmoid(z)
+            for i in range(steps):
+                t = t0 + i
+                dt = dts[i]
                 ut = u[b, d, t]
                 dtu = dt * ut
                 brow = Bt[b, t]
@@ -141,8 +201,7 @@ def _scan_fwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
                     y += h[n] * crow[n]
                 y += dd * ut
                 if has_z:
-                    zt = z[b, d, t]
-                    y *= zt / (one + _like(math.exp(-zt), A))
+                    y *= gate[i]
                 out[b, d, t] = y
         lst = last[b, d]
         for n in range(nstate):
@@ -166,6 +225,10 @@ def _scan_bwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
         das = np.empty((chunk, nstate), dtype=u.dtype)
         dts = np.empty(chunk, dtype=u.dtype)
         sig = np.empty(chunk, dtype=u.dtype)
+        raw = np.empty(chunk, dtype=u.dtype)
+        tmp = np.empty(chunk, dtype=u.dtype)
+        szs = np.empty(chunk, dtype=u.dtype)
+        ibuf_t = np.empty(chunk, dtype=np.int32)
         g = np.empty(nstate, dtype=u.dtype)
         dA_acc = np.empty(nstate, dtype=u.dtype)
         ibuf = np.empty(nstate, dtype=np.int32)
@@ -189,15 +252,13 @@ def _scan_bwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
                 for n in range(nstate):
                     h0[n] = ck[n]
                 for t in range(t0, t1):
+                    raw[t - t0] = delta[b, d, t] + bb
+                _softplus_sigmoid_row(raw[:t1 - t0], dts, sig, tmp, ibuf_t, fast_exp, softplus)
+                if has_z:
+                    _softplus_sigmoid_row(z[b, d, t0:t1], tmp, szs, raw, ibuf_t, fast_exp, True)
+                for t in range(t0, t1):
                     i = t - t0
-                    raw = delta[b, d, t] + bb
-                    if softplus:
-                        dt = raw if raw > 20.0 else _like(math.log1p(math.exp(raw)), A)
-                        sig[i] = one / (one + _like(math.exp(-raw), A))
-                    else:
-                        dt = raw
-                        sig[i] = one
-                    dts[i] = dt
+                    dt = dts[i]
                     dtu = dt * u[b, d, t]
                     brow = Bt[b, t]
                     da_i = das[i]
@@ -222,7 +283,7 @@ def _scan_bwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
                             y += h_cur[n] * crow[n]
                         y += dd * ut
                         zt = z[b, d, t]
-                        sz = one / (one + _like(math.exp(-zt), A))
+                        sz = szs[i]
                         dz[b, d, t] = g_out * y * sz * (one + zt * (one - sz))
                         dy = g_out * zt * sz
                     else:
