@@ -30,8 +30,9 @@ def test_causal_lsa_gradients_finite_with_wide_logit_spread():
     q = lsa._heads(lsa.query(x))
     k, v = lsa.key(x), lsa.value(x)
     scale = 1.0 / (lsa.head_dim ** 0.5)
-    torch.testing.assert_close(lsa._causal_by_pairs(q, k, v, mask, scale),
-                               lsa._causal_by_prefix(q, k, v, mask, scale), rtol=1e-4, atol=1e-5)
+    prefix = lsa._causal_by_prefix(q, k, v, mask, scale)
+    torch.testing.assert_close(lsa._causal_by_pairs(q, k, v, mask, scale), prefix, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lsa._causal_by_chunks(q, k, v, mask, scale, 5), prefix, rtol=1e-4, atol=1e-5)
 
 
 def test_pooling_weights_leave_float32_only_when_the_spread_needs_it():

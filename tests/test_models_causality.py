@@ -66,6 +66,9 @@ def test_mlsa4rec_prefix_and_pair_forms_agree(dataset):
     a = lsa._causal_by_pairs(q, lsa.key(x), lsa.value(x), mask, 0.5)
     b = lsa._causal_by_prefix(q, lsa.key(x), lsa.value(x), mask, 0.5)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for chunk in (1, 5, 12, 64):  # a partial last block, one block, blocks longer than L
+        c = lsa._causal_by_chunks(q, lsa.key(x), lsa.value(x), mask, 0.5, chunk)
+        torch.testing.assert_close(c[mask], b[mask], atol=1e-5, rtol=1e-5)
 
 
 def test_authors_non_causal_form_sees_the_future(dataset):
