@@ -6,8 +6,8 @@ full forward over the whole history, and the bytes of state per user, in one run
 
 For each model, history length H and batch B: B random histories of H - E items initialise the
 state (``init_state``); then E events per user are streamed, each timed as one
-``update_state`` + ``score_state`` over the batch. The baseline is what a model without a state
-does per event: a forward over the H items of every user and the same scoring (run in user
+``update_state`` + ``score_state`` over the batch; the fastest of the E is reported. The
+baseline is what a model without a state does per event: a forward over the H items of every user and the same scoring (run in user
 chunks so that memory stays bounded; the times of the chunks add up). Models are built with
 their shipped properties (CE, hidden 64, ``MAX_ITEM_LIST_LENGTH = H``) on ml-100k's item set.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -74,7 +73,10 @@ def measure(name: str, length: int, batch: int, events: int, device: str) -> dic
         scores = model.score_state(state)
         _sync(device)
         times.append(time.perf_counter() - tick)
-    event_s = statistics.median(times)  # robust to a stray slow event (thread wake-up, GC)
+    # the fastest event: the code's own cost. A shared 2-core machine's timings swing by 2x over
+    # seconds (other tenants), which moved even the median of 16 events by as much, and the
+    # MLSA4Rec / MambaRec ratio between 1.5x and 4x from one run to the next
+    event_s = min(times)
     full_recompute(model, seqs[:1, : min(length, 50)], 1)  # warm-up
     recompute_s, first = full_recompute(model, seqs, recompute_chunk(length, batch))
     return {
