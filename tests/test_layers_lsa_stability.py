@@ -59,3 +59,18 @@ def test_float32_path_matches_float64_module():
         fast = lsa(x, mask)
         exact = lsa.double()(x.double(), mask)
     torch.testing.assert_close(fast.double(), exact, rtol=0, atol=2e-5)
+
+
+def test_chunked_causal_form_gradcheck_float64():
+    """Gradients of the chunked causal form (partial last block, padding) in float64."""
+    torch.manual_seed(2)
+    lsa = LowRankSelfAttention(8, 2, 3, 0.0, 0.0, causal=True).double()
+    x = torch.randn(2, 7, 8, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+
+    def fn(x):
+        q = lsa._heads(lsa.query(x))
+        return lsa._causal_by_chunks(q, lsa.key(x), lsa.value(x), mask, 0.5, 3)[mask]
+
+    assert torch.autograd.gradcheck(fn, (x,))
