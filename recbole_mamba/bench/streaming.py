@@ -2,14 +2,20 @@
 full forward over the whole history, and the bytes of state per user, in one run.
 
     python -m recbole_mamba.bench.streaming [--models MambaRec,MLSA4Rec,MoEMaTrRec]
-        [--lengths 200,1000,5000] [--batches 1,256] [--events 16] [--device cpu] [--out results/streaming]
+        [--lengths 200,1000,5000] [--batches 1,256] [--events 16] [--ratio-rounds 40]
+        [--device cpu] [--out results/streaming]
 
 For each model, history length H and batch B: B random histories of H - E items initialise the
 state (``init_state``); then E events per user are streamed, each timed as one
 ``update_state`` + ``score_state`` over the batch; the fastest of the E is reported. The
-baseline is what a model without a state does per event: a forward over the H items of every user and the same scoring (run in user
-chunks so that memory stays bounded; the times of the chunks add up). Models are built with
-their shipped properties (CE, hidden 64, ``MAX_ITEM_LIST_LENGTH = H``) on ml-100k's item set.
+baseline is what a model without a state does per event: a forward over the H items of every
+user and the same scoring (run in user chunks so that memory stays bounded; the times of the
+chunks add up). Models are built with their shipped properties (CE, hidden 64,
+``MAX_ITEM_LIST_LENGTH = H``) on ml-100k's item set.
+
+Then, per batch size, the per-event costs of MambaRec, MLSA4Rec and MLSA4Rec without its Mamba
+normalisation layers, timed round-robin (see :func:`interleaved_ratios`), as ratios to
+MambaRec's.
 """
 
 from __future__ import annotations
@@ -88,6 +94,36 @@ def measure(name: str, length: int, batch: int, events: int, device: str) -> dic
     }
 
 
+#: the per-event ratio's variants: MambaRec, MLSA4Rec as shipped, and MLSA4Rec without its two
+#: Mamba normalisation layers (its interaction layer only: one Mamba mixer plus the attention)
+RATIO_VARIANTS = (("MambaRec", {}), ("MLSA4Rec", {}), ("MLSA4Rec, num_layers=0", {"num_layers": 0}))
+
+
+@torch.no_grad()
+def interleaved_ratios(length: int, batch: int, rounds: int, device: str) -> dict[str, float]:
+    """Fastest per-event cost (ms) of each of :data:`RATIO_VARIANTS`, timed round-robin (one
+    event of each variant per round), so that every variant sees the same machine load: the
+    fairest ratio on a machine whose speed drifts."""
+    runs = []
+    for label, overrides in RATIO_VARIANTS:
+        model = build_model(label.split(",")[0], length, device=device, **overrides)
+        seqs = random_sequences(model.n_items, batch, length, seed=length + batch).to(device)
+        start = length - 1
+        state = model.init_state(seqs[:, :start], torch.full((batch,), start, device=device))
+        runs.append((label, model, state, seqs[:, start]))
+    best = {label: float("inf") for label, *_ in runs}
+    for round_ in range(rounds + 2):  # two warm-up rounds
+        for label, model, state, items in runs:
+            _sync(device)
+            tick = time.perf_counter()
+            model.update_state(state, items)
+            model.score_state(state)
+            _sync(device)
+            if round_ >= 2:
+                best[label] = min(best[label], time.perf_counter() - tick)
+    return {label: value * 1e3 for label, value in best.items()}
+
+
 def _fmt(row: dict) -> list[str]:
     return [row["model"], str(row["history"]), str(row["batch"]), f"{row['event_ms']:.3f}",
             f"{row['recompute_ms']:.1f}", f"{row['speedup']:.0f}x",
@@ -110,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,256")
     parser.add_argument("--events", type=int, default=16, help="events streamed and timed per user")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ratio-rounds", type=int, default=40,
+                        help="rounds of the interleaved MambaRec / MLSA4Rec per-event comparison (0: skip)")
     parser.add_argument("--out", default=None, help="folder for streaming.csv and streaming.md")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -131,13 +169,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(" | ".join(_fmt(row)), flush=True)
     print()
     print(markdown(rows))
-    by = {(r["model"], r["history"], r["batch"]): r for r in rows}
-    for length in lengths:
+    if args.ratio_rounds > 0:
+        # a step's cost does not depend on the history: measured once per batch size, at the
+        # shortest history, with the variants interleaved
+        print(f"\nper-event cost relative to MambaRec, history {lengths[0]}, fastest of "
+              f"{args.ratio_rounds} interleaved rounds:")
         for batch in batches:
-            base, mlsa = by.get(("MambaRec", length, batch)), by.get(("MLSA4Rec", length, batch))
-            if base and mlsa:
-                print(f"MLSA4Rec / MambaRec per-event cost at history {length}, batch {batch}: "
-                      f"{mlsa['event_ms'] / base['event_ms']:.2f}x")
+            cost = interleaved_ratios(lengths[0], batch, args.ratio_rounds, args.device)
+            base = cost["MambaRec"]
+            print(f"  batch {batch}: " + ", ".join(
+                f"{label} {ms:.3f} ms ({ms / base:.2f}x)" for label, ms in cost.items()))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
