@@ -21,7 +21,8 @@ def test_streaming_benchmark_writes_rows_and_ratio(tmp_path, capsys):
         assert int(row["state_bytes_per_user"]) > 0
     assert "| MLSA4Rec | 24 | 3 |" in (tmp_path / "streaming.md").read_text()
     out = capsys.readouterr().out
-    assert "per-event cost relative to MambaRec, history 24" in out
+    assert "Per-event cost relative to MambaRec, history 24" in out
+    assert "MLSA4Rec, num_layers=0" in (tmp_path / "streaming.md").read_text()
     ratio_line = next(line for line in out.splitlines() if line.startswith("  batch 3:"))
     assert "MambaRec" in ratio_line and "(1.00x)" in ratio_line and "MLSA4Rec, num_layers=0" in ratio_line
 

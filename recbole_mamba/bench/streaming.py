@@ -169,16 +169,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(" | ".join(_fmt(row)), flush=True)
     print()
     print(markdown(rows))
+    ratio_lines = []
     if args.ratio_rounds > 0:
         # a step's cost does not depend on the history: measured once per batch size, at the
         # shortest history, with the variants interleaved
-        print(f"\nper-event cost relative to MambaRec, history {lengths[0]}, fastest of "
-              f"{args.ratio_rounds} interleaved rounds:")
+        history = min(lengths)
+        ratio_lines.append(f"Per-event cost relative to MambaRec, history {history}, fastest of "
+                           f"{args.ratio_rounds} interleaved rounds:")
         for batch in batches:
-            cost = interleaved_ratios(lengths[0], batch, args.ratio_rounds, args.device)
+            cost = interleaved_ratios(history, batch, args.ratio_rounds, args.device)
             base = cost["MambaRec"]
-            print(f"  batch {batch}: " + ", ".join(
+            ratio_lines.append(f"  batch {batch}: " + ", ".join(
                 f"{label} {ms:.3f} ms ({ms / base:.2f}x)" for label, ms in cost.items()))
+        print("\n" + "\n".join(ratio_lines))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        (out / "streaming.md").write_text(markdown(rows) + "\n")
+        ratios = "".join(f"\n{line}" for line in ratio_lines)
+        (out / "streaming.md").write_text(markdown(rows) + "\n" + ratios + "\n")
         print(f"wrote {out / 'streaming.csv'} and {out / 'streaming.md'}")
     return 0 if rows else 1
 

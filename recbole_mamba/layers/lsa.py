@@ -98,8 +98,8 @@ class InterestPooling(nn.Module):
         x (batch, L, D); mask (batch, L) True at real positions. Returns, in x's dtype,
         (max (batch, P), norm (batch, P), weighted sum (batch, P, D)) with
         ``pooled = sum / norm``; max is -inf for an empty row. :func:`recbole_mamba.ops.lsa_step`
-        adds one position. Shifted by the row's own max, every weight is <= 1 and the normaliser >= 1, so unlike
-        the prefix form (one shift for all prefixes) this needs no float64.
+        adds one position. Shifted by the row's own max, every weight is <= 1 and the normaliser
+        >= 1, so unlike the prefix form (one shift for all prefixes) this needs no float64.
         """
         logits = (x @ self.theta).masked_fill(~mask.unsqueeze(-1), float("-inf"))
         top = logits.amax(dim=1)
@@ -192,7 +192,6 @@ class LowRankSelfAttention(nn.Module):
         # results back in q's dtype
         dtype = wk.dtype
         b, length, heads, dh = q.shape
-        nint = wk.shape[-1]
         nchunks = -(-length // chunk)
         pad = nchunks * chunk - length
 
