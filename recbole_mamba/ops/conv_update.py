@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like, as_numpy, needs_grad
+from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like, as_numpy, fusable_state, needs_grad
 
 
 def causal_conv1d_update_ref(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
@@ -64,8 +64,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     """Dispatch: the numba kernel for a contiguous float32/float64 CPU state when no gradient
     is needed, the torch form otherwise. Shapes as :func:`causal_conv1d_update_ref`."""
     dtype = conv_state.dtype
-    if needs_grad(x, conv_state, weight, bias) or conv_state.device.type != "cpu" or not conv_state.is_contiguous() \
-            or dtype not in (torch.float32, torch.float64):
+    if needs_grad(x, conv_state, weight, bias) or not fusable_state(conv_state):
         return causal_conv1d_update_ref(x, conv_state, weight, bias, silu)
     nb, nd, width = conv_state.shape
     if x.shape != (nb, nd) or weight.shape != (nd, width) or (bias is not None and bias.shape != (nd,)):

@@ -33,7 +33,14 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like, as_numpy, needs_grad
+from recbole_mamba.ops.selective_scan_cpu import (
+    _FASTMATH,
+    _exp_row,
+    _like,
+    as_numpy,
+    fusable_state,
+    needs_grad,
+)
 
 
 def _running_update_ref(logit, x, top, norm, total):
@@ -141,12 +148,6 @@ def _lsa_step(q, key_x, value_x, logit_k, logit_v, top_k, norm_k, total_k, top_v
                         out[h, j] += w * values[p, h, j]
 
 
-def _fused_ok(state: tuple[torch.Tensor, ...]) -> bool:
-    dtype = state[0].dtype
-    return all(t.device.type == "cpu" and t.is_contiguous() and t.dtype == dtype for t in state) \
-        and dtype in (torch.float32, torch.float64)
-
-
 def lsa_step(q: torch.Tensor, key_x: torch.Tensor, value_x: torch.Tensor, logit_k: torch.Tensor,
              logit_v: torch.Tensor, top_k: torch.Tensor, norm_k: torch.Tensor, total_k: torch.Tensor,
              top_v: torch.Tensor, norm_v: torch.Tensor, total_v: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -167,7 +168,7 @@ def lsa_step(q: torch.Tensor, key_x: torch.Tensor, value_x: torch.Tensor, logit_
                              f"{nint} interests), got {tuple(t.shape)}")
     if dim % n_heads:
         raise ValueError(f"lsa_step: D={dim} is not a multiple of n_heads={n_heads}")
-    if needs_grad(q, key_x, value_x, logit_k, logit_v, *state) or not _fused_ok(state):
+    if needs_grad(q, key_x, value_x, logit_k, logit_v, *state) or not fusable_state(*state):
         return lsa_step_ref(q, key_x, value_x, logit_k, logit_v, *state, n_heads)
     dtype = top_k.dtype
     ctx = torch.empty((batch, dim), dtype=dtype)

@@ -148,6 +148,25 @@ def _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, fast, softplus):  # pragma: 
         sig[i] = (one if r >= zero else e) / (one + e)
 
 
+@njit(inline="always")
+def _gate_buffers(chunk, dtype):  # pragma: no cover - compiled
+    """Per-thread scratch of :func:`_chunk_gates`: (raw, tmp, dts, sig, zsig, ibuf)."""
+    return (np.empty(chunk, dtype=dtype), np.empty(chunk, dtype=dtype), np.empty(chunk, dtype=dtype),
+            np.empty(chunk, dtype=dtype), np.empty(chunk, dtype=dtype), np.empty(chunk, dtype=np.int32))
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _chunk_gates(delta, z, b, d, t0, steps, bb, has_z, softplus, fast, raw, tmp, dts, sig, zsig,
+                 ibuf):  # pragma: no cover - compiled
+    """Steps t0 .. t0+steps-1 of (b, d), vectorised ahead of the recurrence (forward and
+    backward alike): dts = softplus(delta + bias), sig = its derivative, zsig = sigmoid(z)."""
+    for i in range(steps):
+        raw[i] = delta[b, d, t0 + i] + bb
+    _softplus_sigmoid_row(raw[:steps], dts, sig, tmp, ibuf, fast, softplus)
+    if has_z:
+        _softplus_sigmoid_row(z[b, d, t0:t0 + steps], tmp, zsig, raw, ibuf, fast, True)
+
+
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _scan_fwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus, chunk, fast_exp,
               out, ckpt, last):  # pragma: no cover - compiled
@@ -161,12 +180,7 @@ def _scan_fwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
         da = np.empty(nstate, dtype=u.dtype)
         ibuf = np.empty(nstate, dtype=np.int32)
         fview = ibuf.view(np.float32)
-        raw = np.empty(chunk, dtype=u.dtype)
-        dts = np.empty(chunk, dtype=u.dtype)
-        gate = np.empty(chunk, dtype=u.dtype)
-        sig = np.empty(chunk, dtype=u.dtype)
-        tmp = np.empty(chunk, dtype=u.dtype)
-        ibuf_t = np.empty(chunk, dtype=np.int32)
+        raw, tmp, dts, sig, gate, ibuf_t = _gate_buffers(chunk, u.dtype)
         a_row = A[d]
         zero = _like(0.0, A)
         dd = Dv[d] if has_d else zero
@@ -177,15 +191,11 @@ def _scan_fwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
                 ck[n] = h[n]
             t0 = c * chunk
             steps = min(length, t0 + chunk) - t0
-            # the chunk's step sizes and gates, vectorised ahead of the recurrence
-            for i in range(steps):
-                raw[i] = delta[b, d, t0 + i] + bb
-            _softplus_sigmoid_row(raw[:steps], dts, sig, tmp, ibuf_t, fast_exp, softplus)
+            _chunk_gates(delta, z, b, d, t0, steps, bb, has_z, softplus, fast_exp,
+                         raw, tmp, dts, sig, gate, ibuf_t)
             if has_z:
-                zrow = z[b, d, t0:t0 + steps]
-                _softplus_sigmoid_row(zrow, tmp, gate, raw, ibuf_t, fast_exp, True)
                 for i in range(steps):
-                    gate[i] *= zrow[i]  # silu(z) = z * sigmoid(z)
+                    gate[i] *= z[b, d, t0 + i]  # silu(z) = z * sigmoid(z)
             for i in range(steps):
                 t = t0 + i
                 dt = dts[i]
@@ -223,12 +233,7 @@ def _scan_bwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
         d_hi = min(nd, d_lo + per_group)
         hs = np.empty((chunk + 1, nstate), dtype=u.dtype)
         das = np.empty((chunk, nstate), dtype=u.dtype)
-        dts = np.empty(chunk, dtype=u.dtype)
-        sig = np.empty(chunk, dtype=u.dtype)
-        raw = np.empty(chunk, dtype=u.dtype)
-        tmp = np.empty(chunk, dtype=u.dtype)
-        szs = np.empty(chunk, dtype=u.dtype)
-        ibuf_t = np.empty(chunk, dtype=np.int32)
+        raw, tmp, dts, sig, szs, ibuf_t = _gate_buffers(chunk, u.dtype)
         g = np.empty(nstate, dtype=u.dtype)
         dA_acc = np.empty(nstate, dtype=u.dtype)
         ibuf = np.empty(nstate, dtype=np.int32)
@@ -251,11 +256,8 @@ def _scan_bwd(u, delta, A, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus
                 h0 = hs[0]
                 for n in range(nstate):
                     h0[n] = ck[n]
-                for t in range(t0, t1):
-                    raw[t - t0] = delta[b, d, t] + bb
-                _softplus_sigmoid_row(raw[:t1 - t0], dts, sig, tmp, ibuf_t, fast_exp, softplus)
-                if has_z:
-                    _softplus_sigmoid_row(z[b, d, t0:t1], tmp, szs, raw, ibuf_t, fast_exp, True)
+                _chunk_gates(delta, z, b, d, t0, t1 - t0, bb, has_z, softplus, fast_exp,
+                             raw, tmp, dts, sig, szs, ibuf_t)
                 for t in range(t0, t1):
                     i = t - t0
                     dt = dts[i]
@@ -367,6 +369,14 @@ def needs_grad(*tensors: torch.Tensor | None) -> bool:
     """Whether autograd must see an op on ``tensors``: the fused CPU kernels of the one-step
     ops are inference-only, so their dispatch falls back to the torch form then."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def fusable_state(*states: torch.Tensor) -> bool:
+    """Whether the fused CPU one-step kernels can update ``states`` in place: contiguous CPU
+    tensors, all float32 or all float64."""
+    dtype = states[0].dtype
+    return dtype in _SUPPORTED and all(
+        t.device.type == "cpu" and t.is_contiguous() and t.dtype == dtype for t in states)
 
 
 def _ngroups(batch: int, dim: int) -> int:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like, as_numpy, needs_grad
+from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like, as_numpy, fusable_state, needs_grad
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
@@ -78,7 +78,7 @@ def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     vectorised, before the kernel: inside it they would be scalar libm calls (llvmlite has no
     vector math library), three per (row, channel) against one vectorised pass over the N
     state entries, and they took most of the step's time."""
-    if state.device.type != "cpu" or not state.is_contiguous() or state.dtype not in (torch.float32, torch.float64):
+    if not fusable_state(state):
         raise ValueError("selective_state_update_cpu: state must be a contiguous float32/float64 CPU tensor")
     nb, nd, nstate = state.shape
     if x.shape != (nb, nd) or dt.shape != (nb, nd) or A.shape != (nd, nstate) \
@@ -118,7 +118,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     must see the step (the fused kernels are inference-only)."""
     if backend == "reference" or needs_grad(x, dt, A, B, C, D, z, dt_bias):
         return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    if state.device.type == "cpu" and state.is_contiguous() and state.dtype in (torch.float32, torch.float64):
+    if fusable_state(state):
         return selective_state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     if state.device.type == "cuda" and backend in ("auto", "mamba_ssm") and _mamba_ssm_state_update() is not None:
         return _mamba_ssm_state_update()(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
