@@ -81,7 +81,8 @@ def _ol_like(x, ref):
 @njit(inline="always", fastmath=_FASTMATH)
 def _exp_parts(x, ref):  # pragma: no cover - compiled
     """float32 exp(x) as (p, bits): exp(x) = p * 2**k, ``bits`` the int32 pattern of the float32
-    2**k. Split so that loops can store p and bits and apply the scale where they use it."""
+    2**k (the callers multiply by it in a second loop, over the bits viewed as float32). One
+    polynomial shared by :func:`_exp_row` (scalar times row) and :func:`_decay` (row times row)."""
     lo = _like(-87.0, ref)
     hi = _like(88.0, ref)
     x = lo if x < lo else x  # written so that NaN passes through
