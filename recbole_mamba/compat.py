@@ -21,7 +21,9 @@ and each has a test in ``tests/test_compat.py`` that fails without it.
   of every ``run_recbole``), ``Trainer.resume_checkpoint`` and
   ``quick_start.load_data_and_model`` fail. Those three reads (and only those) go through
   :func:`load_recbole_checkpoint`, an allow-listing unpickler. ``torch.load`` itself is untouched:
-  no global ``weights_only=False``.
+  no global ``weights_only=False``. ``load_data_and_model`` also runs the unpickled config's
+  ``compatibility_settings`` (RecBole's ``np.float`` & co., which only building a ``Config``
+  sets): without it, evaluating a reloaded model in a fresh process crashed in NDCG.
 * :func:`fix_ray_tune_report` -- RecBole's ``objective_function`` calls ``tune.report(**dict)``,
   which Ray 2.x replaced by ``tune.report(dict)``; we translate the call.
 
@@ -270,13 +272,18 @@ class _TorchForRecBoleTrainer:
 def _load_data_and_model(model_file: str) -> tuple:
     """``recbole.quick_start.load_data_and_model`` with the safe checkpoint loader.
 
-    Same steps and return value as RecBole 1.2.1's function.
+    Same steps and return value as RecBole 1.2.1's function, plus the NumPy aliases that
+    building a ``Config`` would have set.
     """
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, init_logger, init_seed
 
     checkpoint = load_recbole_checkpoint(model_file)
     config = checkpoint["config"]
+    # The config is unpickled, not built, so RecBole's own NumPy aliases (np.float, np.int, ...;
+    # ``Config.compatibility_settings``, run by every ``Config(...)``) were never set in a fresh
+    # process, and its NDCG metric (``np.float``) crashed the first evaluation after loading.
+    config.compatibility_settings()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     log = logging.getLogger()

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,3 +64,30 @@ def test_nan_loss_gives_clear_error(in_tmp):
     batch = next(iter(train))
     with pytest.raises(FloatingPointError, match="not finite"):
         net.calculate_loss(batch)
+
+
+def test_reloaded_checkpoint_evaluates_in_a_fresh_process(in_tmp):
+    """``load_data_and_model`` unpickles the config instead of building one, so RecBole's own
+    NumPy aliases (``np.float``, read by its NDCG metric) were never set in a fresh process and
+    the first evaluation after loading crashed; it must give the run's own test result."""
+    cfg = tiny_config(in_tmp)
+    result = run_recbole(model="MambaRec", dataset="ml-100k", config_dict=cfg)
+    ckpt = glob.glob(str(in_tmp / "saved" / "MambaRec-*.pth"))
+    assert len(ckpt) == 1
+    code = textwrap.dedent(f"""
+        import json
+        import recbole_mamba
+        from recbole.quick_start import load_data_and_model
+        from recbole.utils import get_trainer
+        config, model, dataset, train_data, valid_data, test_data = load_data_and_model({ckpt[0]!r})
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        print(json.dumps(dict(trainer.evaluate(test_data, load_best_model=False, show_progress=False))))
+    """)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=in_tmp, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reloaded = json.loads(out.stdout.strip().splitlines()[-1])
+    for metric in ("hit@10", "ndcg@10", "mrr@10"):
+        assert reloaded[metric] == pytest.approx(result["test_result"][metric], abs=1e-4)
