@@ -94,9 +94,11 @@ def measure(name: str, length: int, batch: int, events: int, device: str) -> dic
     }
 
 
-#: the per-event ratio's variants: MambaRec, MLSA4Rec as shipped, and MLSA4Rec without its two
-#: Mamba normalisation layers (its interaction layer only: one Mamba mixer plus the attention)
-RATIO_VARIANTS = (("MambaRec", {}), ("MLSA4Rec", {}), ("MLSA4Rec, num_layers=0", {"num_layers": 0}))
+#: the per-event ratio's variants as (label, model, config overrides): MambaRec, MLSA4Rec as
+#: shipped, and MLSA4Rec without its two Mamba normalisation layers (its interaction layer only:
+#: one Mamba mixer plus the attention)
+RATIO_VARIANTS = (("MambaRec", "MambaRec", {}), ("MLSA4Rec", "MLSA4Rec", {}),
+                  ("MLSA4Rec, num_layers=0", "MLSA4Rec", {"num_layers": 0}))
 
 
 @torch.no_grad()
@@ -105,8 +107,8 @@ def interleaved_ratios(length: int, batch: int, rounds: int, device: str) -> dic
     event of each variant per round), so that every variant sees the same machine load: the
     fairest ratio on a machine whose speed drifts."""
     runs = []
-    for label, overrides in RATIO_VARIANTS:
-        model = build_model(label.split(",")[0], length, device=device, **overrides)
+    for label, name, overrides in RATIO_VARIANTS:
+        model = build_model(name, length, device=device, **overrides)
         seqs = random_sequences(model.n_items, batch, length, seed=length + batch).to(device)
         start = length - 1
         state = model.init_state(seqs[:, :start], torch.full((batch,), start, device=device))
