@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mamba.ops import causal_conv1d_update, selective_scan_fn, selective_state_update
+from recbole_mamba.ops import causal_conv1d_silu, causal_conv1d_update, selective_scan_fn, selective_state_update
 
 
 class Mamba(nn.Module):
@@ -117,9 +117,47 @@ class Mamba(nn.Module):
                 f"Mamba expects (batch, L, d_model={self.d_model}), got {tuple(hidden_states.shape)}"
             )
 
+    def _channels_last_path(self, hidden_states: torch.Tensor) -> bool:
+        """Whether :meth:`forward` runs the CPU kernels end to end in (batch, L, channels)."""
+        return (hidden_states.device.type == "cpu" and self.backend in ("auto", "cpu")
+                and hidden_states.dtype in (torch.float32, torch.float64)
+                and all(p.dtype == hidden_states.dtype for p in (self.in_proj.weight, self.conv1d.weight)))
+
+    def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The CPU forward: (batch, L, d_model) -> (batch, L, d_model), every tensor channels-last.
+
+        Same function as the general path; the difference is layout. in_proj runs as two linear
+        maps (its x and z halves: contiguous (batch, L, d_inner) each, where slicing one output
+        would leave strided halves), the conv + SiLU is our channels-last kernel, x_proj reads
+        its output without a transpose, and the scan gets transposed views of contiguous
+        (batch, L, d_inner) tensors, which its CPU kernels read without a copy. The general path
+        transposes in_proj's output for torch's conv1d and the CPU scan copied it back, in
+        forward and backward.
+        """
+        d_inner = self.d_inner
+        w, b = self.in_proj.weight, self.in_proj.bias
+        x = F.linear(hidden_states, w[:d_inner], None if b is None else b[:d_inner])
+        z = F.linear(hidden_states, w[d_inner:], None if b is None else b[d_inner:])
+        u = causal_conv1d_silu(x, self.conv1d.weight[:, 0, :], self.conv1d.bias)  # (batch, L, d_inner)
+        dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)  # (batch, L, d_inner)
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan_fn(
+            u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
+            self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True, backend=self.backend,
+        )
+        return self.out_proj(y.transpose(1, 2))
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model)."""
         self._check_input(hidden_states)
+        if self._channels_last_path(hidden_states):
+            return self._forward_channels_last(hidden_states)
+        return self._forward_channels_first(hidden_states)
+
+    def _forward_channels_first(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The general forward (any device, any backend): mamba-ssm's (batch, channels, L) layout."""
         length = hidden_states.shape[1]
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
