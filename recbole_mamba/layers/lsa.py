@@ -28,8 +28,15 @@ from recbole_mamba.ops import lsa_step
 
 
 #: the largest gap (in logits) between a prefix's max and the sequence's max for which the
-#: causal pooling weights stay in float32: exp(-60) ~ 1e-26, far from float32's underflow
-FLOAT32_SAFE_SPREAD = 60.0
+#: causal pooling weights stay in float32. The bound is set by the backward, not the forward: a
+#: prefix normaliser ~exp(-spread) is divided by, and torch's division backward forms
+#: (numerator / norm) / norm ~ exp(2 * spread), which overflows float32 (3.4e38 ~ exp(88)) from a
+#: spread of ~44: NaN gradients from a finite loss (seen in an ML-1M MLSA4Rec run at spreads of
+#: 35-44 under the former bound of 60). exp(60) ~ 1e26 leaves 1e12 of headroom for the gradient.
+FLOAT32_SAFE_SPREAD = 30.0
+#: the same bound in float64 (max ~exp(709)): shifted logits are clamped here, finite but no
+#: longer exact beyond it
+FLOAT64_SAFE_SPREAD = 300.0
 #: positions per block of the chunked causal form (fastest of 8/16/32/64 at L = 200 to 5000)
 CAUSAL_CHUNK = 16
 
@@ -65,9 +72,11 @@ class InterestPooling(nn.Module):
         between numerator and normaliser, so row t depends on positions <= t only (up to float
         rounding). A prefix whose logits all lie far below the sequence's max (more than ~87 in
         float32, which trained models reach) would underflow to a zero normaliser and NaN
-        gradients, so when some prefix's max lies more than ``FLOAT32_SAFE_SPREAD`` below the
-        shift, the weights are computed in float64 (exact for spreads up to ~700; beyond that the
-        shifted logits are clamped at -700: finite, no longer exact). Otherwise, as in most
+        gradients (and from a spread of ~44 the division backward overflows, see
+        ``FLOAT32_SAFE_SPREAD``), so when some prefix's max lies more than ``FLOAT32_SAFE_SPREAD``
+        below the shift, the weights are computed in float64 (exact for spreads up to
+        ``FLOAT64_SAFE_SPREAD``; beyond that the shifted logits are clamped there: finite, no
+        longer exact). Otherwise, as in most
         batches, they stay in the logits' dtype: the float64 matmuls that follow cost several
         times the float32 ones. The callers compute in the weights' dtype and cast back.
         """
@@ -79,7 +88,7 @@ class InterestPooling(nn.Module):
             if float(lowest) < -FLOAT32_SAFE_SPREAD:
                 logits, shift = logits.double(), shift.double()
         shifted = logits - shift
-        shifted = torch.where(torch.isfinite(shifted), shifted.clamp_min(-700.0), shifted)
+        shifted = torch.where(torch.isfinite(shifted), shifted.clamp_min(-FLOAT64_SAFE_SPREAD), shifted)
         w = torch.exp(shifted)  # 0 at padding (-inf)
         norm = torch.cumsum(w, dim=1).clamp_min(torch.finfo(w.dtype).tiny)
         return w, norm
