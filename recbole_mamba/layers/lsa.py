@@ -76,9 +76,9 @@ class InterestPooling(nn.Module):
         ``FLOAT32_SAFE_SPREAD``), so when some prefix's max lies more than ``FLOAT32_SAFE_SPREAD``
         below the shift, the weights are computed in float64 (exact for spreads up to
         ``FLOAT64_SAFE_SPREAD``; beyond that the shifted logits are clamped there: finite, no
-        longer exact). Otherwise, as in most
-        batches, they stay in the logits' dtype: the float64 matmuls that follow cost several
-        times the float32 ones. The callers compute in the weights' dtype and cast back.
+        longer exact). Otherwise they stay in the logits' dtype, which is faster: on a batch of a
+        trained MLSA4Rec (ML-1M, L=200, spreads 35-44) the float64 form cost ~8% more per
+        training step. The callers compute in the weights' dtype and cast back.
         """
         shift = logits.detach().amax(dim=1, keepdim=True)
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
