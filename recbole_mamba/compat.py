@@ -204,6 +204,25 @@ def allow_model_class(cls: type) -> None:
     _RECBOLE_ALLOWED.add(f"{cls.__module__}.{cls.__qualname__}")
 
 
+def _is_recbole_builtin_model(module: str, name: str) -> bool:
+    """Whether ``module.name`` is one of RecBole's own model classes (``recbole.model.*``, a
+    subclass of ``AbstractRecommender``). A checkpoint's Config names its model class; in a
+    fresh process the registry has not resolved RecBole's models yet, so ``allow_model_class``
+    alone would refuse e.g. a SASRec checkpoint. Importing a module of the installed recbole
+    package runs no code from the file."""
+    if not module.startswith("recbole.model."):
+        return False
+    import importlib
+
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    try:
+        obj = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return False
+    return isinstance(obj, type) and issubclass(obj, AbstractRecommender)
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves only allow-listed globals."""
 
@@ -213,6 +232,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         full = f"{module}.{name}"
         if (
             full in _RECBOLE_ALLOWED
+            or _is_recbole_builtin_model(module, name)
             or full in _get_allowed_globals()
             or any(
                 f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}" == full
