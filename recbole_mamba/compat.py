@@ -199,7 +199,8 @@ def _recbole_checkpoint_globals() -> set[str]:
 def allow_model_class(cls: type) -> None:
     """Allow a model class in RecBole checkpoints (its Config names the model class).
 
-    The registry calls this for our models and for every RecBole model it resolves.
+    The registry calls this for every model it registers (ours); RecBole's own model classes
+    are accepted without it (:func:`_is_recbole_builtin_model`).
     """
     _RECBOLE_ALLOWED.add(f"{cls.__module__}.{cls.__qualname__}")
 
@@ -207,8 +208,8 @@ def allow_model_class(cls: type) -> None:
 def _is_recbole_builtin_model(module: str, name: str) -> bool:
     """Whether ``module.name`` is one of RecBole's own model classes (``recbole.model.*``, a
     subclass of ``AbstractRecommender``). A checkpoint's Config names its model class; in a
-    fresh process the registry has not resolved RecBole's models yet, so ``allow_model_class``
-    alone would refuse e.g. a SASRec checkpoint. Importing a module of the installed recbole
+    fresh process nothing has resolved RecBole's models yet, so an allow-list filled on
+    resolution would refuse e.g. a SASRec checkpoint. Importing a module of the installed recbole
     package runs no code from the file."""
     if not module.startswith("recbole.model."):
         return False

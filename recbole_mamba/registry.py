@@ -113,8 +113,7 @@ def get_model(model_name: str) -> type:
             f"RecBole models: {', '.join(theirs)}\n"
             f"(RecBole's own lookup said: {type(exc).__name__}: {exc})"
         ) from None
-    compat.allow_model_class(cls)
-    return cls
+    return cls  # RecBole's own classes need no allow-listing: see compat._is_recbole_builtin_model
 
 
 def _update_internal_config_dict(self: Config, file: str) -> dict | None:

@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mamba.ops import causal_conv1d_silu, causal_conv1d_update, selective_scan_fn, selective_state_update
+from recbole_mamba.ops import (
+    causal_conv1d_silu,
+    causal_conv1d_update,
+    resolve_backend,
+    selective_scan_fn,
+    selective_state_update,
+)
 
 
 class Mamba(nn.Module):
@@ -119,7 +125,7 @@ class Mamba(nn.Module):
 
     def _channels_last_path(self, hidden_states: torch.Tensor) -> bool:
         """Whether :meth:`forward` runs the CPU kernels end to end in (batch, L, channels)."""
-        return (hidden_states.device.type == "cpu" and self.backend in ("auto", "cpu")
+        return (resolve_backend(self.backend, hidden_states.device) == "cpu"
                 and hidden_states.dtype in (torch.float32, torch.float64)
                 and all(p.dtype == hidden_states.dtype for p in (self.in_proj.weight, self.conv1d.weight)))
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like, as_numpy
+from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _SUPPORTED, _exp_row, _like, as_numpy
 
 TIME_BLOCK = 64
 """Steps per parallel work item."""
@@ -127,9 +127,6 @@ def _bwd(x, wt, bias, has_bias, silu, fast_exp, block, dout, dx, dw_part, db_par
                     row = dpre[t - t0]
                     for c in range(nd):
                         acc[c] += wr[c] * row[c]
-
-
-_SUPPORTED = (torch.float32, torch.float64)
 
 
 class CausalConv1dSiLUCPU(torch.autograd.Function):
