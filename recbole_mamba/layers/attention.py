@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_mamba.layers.dropout import Dropout
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t attends to positions <= t only.
@@ -25,7 +27,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.attn_dropout = attn_dropout
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(hidden_dropout)
         self.LayerNorm = nn.LayerNorm(d_model, eps=layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

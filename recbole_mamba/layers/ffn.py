@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recbole_mamba.layers.dropout import Dropout
+
 
 class FeedForward(nn.Module):
     """``LN(Dropout(W2 act(W1 h)) + h)`` with W1: D -> inner, W2: inner -> D.
@@ -22,7 +24,7 @@ class FeedForward(nn.Module):
         self.w_1 = nn.Linear(d_model, inner_size)
         self.w_2 = nn.Linear(inner_size, d_model)
         self.act = acts[activation]()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.LayerNorm = nn.LayerNorm(d_model, eps=layer_norm_eps)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

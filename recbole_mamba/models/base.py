@@ -14,7 +14,7 @@ from recbole.model.loss import BPRLoss
 from torch import nn
 
 from recbole_mamba.data import train_mode_of
-from recbole_mamba.layers import Mamba
+from recbole_mamba.layers import Dropout, Mamba
 from recbole_mamba.models.all_positions import all_positions_loss, sampled_loss
 from recbole_mamba.models.state import UserState
 
@@ -266,7 +266,7 @@ class ScaledPositionalEmbedding(nn.Module):
         super().__init__()
         self.position_embedding = nn.Embedding(max_len, dim)
         self.scale = math.sqrt(dim) if scale else 1.0
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def step(self, item_emb: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """One position per row: item_emb (batch, D) at positions ``count`` (batch,) -> (batch, D).

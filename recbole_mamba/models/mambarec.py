@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recbole_mamba.layers import FeedForward
+from recbole_mamba.layers import Dropout, FeedForward
 from recbole_mamba.models.base import MambaSequentialBase, ScaledPositionalEmbedding
 
 VARIANTS = ("block", "attention")
@@ -29,7 +29,7 @@ class MambaLayer(nn.Module):
         self.mamba = mamba
         self.variant = variant
         self.residual = residual or variant == "attention"
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.LayerNorm = nn.LayerNorm(d_model, eps=eps) if self.residual else None
         self.ffn = (FeedForward(d_model, inner_size, dropout, hidden_act, eps)
                     if variant == "attention" else None)

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from recbole_mamba.layers import LowRankSelfAttention
+from recbole_mamba.layers import Dropout, LowRankSelfAttention
 from recbole_mamba.models.base import MambaSequentialBase
 
 
@@ -32,7 +32,7 @@ class MambaNormLayer(nn.Module):
     def __init__(self, mamba: nn.Module, d_model: int, dropout: float, eps: float) -> None:
         super().__init__()
         self.mamba = mamba
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.LayerNorm = nn.LayerNorm(d_model, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ class MambaLSAInteraction(nn.Module):
         self.mlp2 = nn.Linear(2 * d_model, d_model)
         self.mlp3 = nn.Linear(d_model, d_model)
         self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.LayerNorm2 = nn.LayerNorm(d_model, eps=eps)
         self.LayerNorm3 = nn.LayerNorm(d_model, eps=eps)
 
@@ -101,7 +101,7 @@ class MLSA4Rec(MambaSequentialBase):
         self.lsa_causal = bool(config["lsa_causal"])
         self.mask_padding = bool(config["lsa_mask_padding"]) or self.lsa_causal
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.interaction = MambaLSAInteraction(
             self.make_mamba(config), self.hidden_size, int(config["n_heads"]),
             int(config["k_interests"]), dropout, float(config["attn_dropout_prob"]), eps,
