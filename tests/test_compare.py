@@ -72,6 +72,14 @@ def test_efficiency_bench_two_lengths(tmp_path):
     assert "train vs SASRec" in (out / "efficiency.md").read_text()
 
 
+def test_efficiency_bench_applies_recbole_batch_transform():
+    """BERT4Rec trains on masked sequences that RecBole's transform makes (fields it names in the
+    config before the model exists): without them its calculate_loss fails."""
+    row = efficiency.measure("BERT4Rec", 16, 4, 1, "cpu", memory_limit_gib=None, timeout=300)
+    assert row["status"] == "ok", row
+    assert row["train_step_s"] > 0 and row["infer_s"] > 0
+
+
 def test_efficiency_bench_records_out_of_memory():
     """The cap bounds what the measured steps map, not the imports: a small model fits in it,
     SASRec's L x L attention at L=2000 (4 x 2 heads x 2000^2 floats = 128 MiB a layer) does not."""

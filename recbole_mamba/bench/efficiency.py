@@ -5,10 +5,11 @@ model and length, with ratios to SASRec measured in the same run.
         --lengths 200,500,1000,2000,5000 [--batch-size 32] [--steps 2] [--device cpu|cuda] \\
         [--memory-limit-gib 16] --out results/bench
 
-Every (model, length) runs in a fresh child process: one warm-up step, then ``--steps`` timed
+Every (model, length) runs in a fresh child process: two warm-up steps, then ``--steps`` timed
 training steps (RecBole's ``calculate_loss`` on a batch of full-length sequences, CE over all
-items at the last position, backward, Adam step) and as many timed inference passes
-(``full_sort_predict``). Peak memory is the step's: on CPU the resident high-water mark
+items at the last position, backward, Adam step; the batch through the model's RecBole
+transform, as BERT4Rec's masking) and as many timed inference passes (``full_sort_predict``),
+each reported as the median over its steps. Peak memory is the step's: on CPU the resident high-water mark
 (``VmHWM``, reset through ``/proc/self/clear_refs`` once the model and batch exist) above the
 resident size before the steps; on CUDA ``torch.cuda.max_memory_allocated``. A child that runs
 out of memory (an allocation error, the ``--memory-limit-gib`` address-space cap, or the kernel's
@@ -26,6 +27,10 @@ import time
 from pathlib import Path
 
 from recbole_mamba.bench.proc import child_env, status_bytes
+
+#: untimed training steps before the timed ones (the first compiles kernels and allocates
+#: optimizer state; the second still ran ~10% slow on CPU, as allocator pools filled)
+WARMUP_STEPS = 2
 
 COLUMNS = ["model", "length", "batch", "status", "train_step_s", "infer_s", "peak_mib",
            "train_vs_sasrec", "infer_vs_sasrec", "memory_vs_sasrec"]
@@ -47,17 +52,16 @@ def _child(model: str, length: int, batch: int, steps: int, device: str,
            memory_limit_gib: float | None = None) -> dict:
     """Child process: time and measure one (model, length); on CPU, ``memory_limit_gib`` caps
     what the steps may map beyond the built model."""
+    import statistics
+
     import torch
-    from recbole.data.interaction import Interaction
 
-    from recbole_mamba.bench.models import build_model, random_sequences
+    from recbole_mamba.bench.models import build_model_and_config, random_sequences, training_batch
 
-    net = build_model(model, length, device=device, train_mode="augment").train()
+    net, config = build_model_and_config(model, length, device=device, train_mode="augment")
+    net.train()
     seqs = random_sequences(net.n_items, batch, length + 1, seed=length).to(device)
-    data = Interaction({
-        net.ITEM_SEQ: seqs[:, :-1], net.ITEM_SEQ_LEN: torch.full((batch,), length, device=device),
-        net.POS_ITEM_ID: seqs[:, -1],
-    }).to(device)
+    data = training_batch(net, config, seqs)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     cuda = device.startswith("cuda")
     if memory_limit_gib and not cuda:
@@ -72,7 +76,15 @@ def _child(model: str, length: int, batch: int, steps: int, device: str,
         net.calculate_loss(data).backward()
         optimizer.step()
 
-    train_step()  # warm-up: kernels compiled, optimizer state allocated
+    def timed(fn) -> float:
+        sync()
+        tick = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - tick
+
+    for _ in range(WARMUP_STEPS):  # kernels compiled, optimizer state and allocator pools in place
+        train_step()
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -81,20 +93,11 @@ def _child(model: str, length: int, batch: int, steps: int, device: str,
         before = status_bytes("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident size
-    tick = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    sync()
-    train_s = (time.perf_counter() - tick) / steps
+    train_s = statistics.median(timed(train_step) for _ in range(steps))
     net.eval()
     with torch.no_grad():
         net.full_sort_predict(data)
-        sync()
-        tick = time.perf_counter()
-        for _ in range(steps):
-            net.full_sort_predict(data)
-        sync()
-        infer_s = (time.perf_counter() - tick) / steps
+        infer_s = statistics.median(timed(lambda: net.full_sort_predict(data)) for _ in range(steps))
     peak = (torch.cuda.max_memory_allocated() if cuda else status_bytes("VmHWM")) - before
     return {"train_step_s": train_s, "infer_s": infer_s, "peak_bytes": peak}
 
@@ -216,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="SASRec,MambaRec,MLSA4Rec,MoEMaTrRec")
     p.add_argument("--lengths", default="200,500,1000,2000,5000")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
+    p.add_argument("--steps", type=int, default=5,
+                   help="timed steps (and inference passes) after two warm-up steps; the median is reported")
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-limit-gib", type=float, default=16.0,
                    help="CPU: address space each child may map beyond its built model, so that a model that does not fit fails "
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if "SASRec" not in models:
         print("note: SASRec is not in --models, so no ratios are computed", file=sys.stderr)
     rows = []
-    print(f"batch {args.batch_size}, device {args.device}, {args.steps} timed step(s)")
+    print(f"batch {args.batch_size}, device {args.device}, median of {args.steps} timed step(s)")
     for model in models:
         for length in lengths:
             row = measure(model, length, args.batch_size, args.steps, args.device,
