@@ -29,7 +29,7 @@ from pathlib import Path
 from recbole_mamba.bench.proc import child_env, status_bytes
 
 #: untimed training steps before the timed ones (the first compiles kernels and allocates
-#: optimizer state; the second still ran ~10% slow on CPU, as allocator pools filled)
+#: optimizer state; the second still ran up to ~40% slower than later ones for MLSA4Rec on CPU)
 WARMUP_STEPS = 2
 
 COLUMNS = ["model", "length", "batch", "status", "train_step_s", "infer_s", "peak_mib",
