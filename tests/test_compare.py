@@ -72,6 +72,30 @@ def test_efficiency_bench_two_lengths(tmp_path):
     assert "train vs SASRec" in (out / "efficiency.md").read_text()
 
 
+def test_rounds_combine_to_medians_with_per_round_ratios():
+    def row(model, train, infer, peak, status="ok"):
+        return {"model": model, "length": 200, "batch": 4, "status": status, "train_step_s": train,
+                "infer_s": infer, "peak_mib": peak}
+
+    rounds = [[row("SASRec", 1.0, 0.1, 10), row("MambaRec", 0.5, 0.05, 5), row("X", 2.0, 0.2, 20)],
+              [row("SASRec", 2.0, 0.2, 10), row("MambaRec", 0.8, 0.1, 6), row("X", None, None, None, "OOM")],
+              [row("SASRec", 4.0, 0.4, 10), row("MambaRec", 3.0, 0.3, 7), row("X", 2.0, 0.2, 20)]]
+    for rows in rounds:
+        efficiency.add_ratios(rows)
+    sas, mamba, x = efficiency.combine_rounds(rounds)
+    assert sas["train_step_s"] == 2.0 and sas["train_vs_sasrec"] == 1.0
+    assert mamba["train_step_s"] == 0.8 and mamba["peak_mib"] == 6
+    # per-round ratios 0.5, 0.4, 0.75 -> 0.5 (the ratio of the medians would be 0.4)
+    assert mamba["train_vs_sasrec"] == 0.5 and mamba["rounds"] == 3
+    assert x["status"] == "OOM" and x.get("train_step_s") is None
+
+
+def test_efficiency_bench_rejects_zero_rounds(capsys):
+    with pytest.raises(SystemExit):
+        efficiency.main(["--rounds", "0"])
+    assert "--rounds and --steps must be at least 1" in capsys.readouterr().err
+
+
 def test_efficiency_bench_applies_recbole_batch_transform():
     """BERT4Rec trains on masked sequences that RecBole's transform makes (fields it names in the
     config before the model exists): without them its calculate_loss fails."""

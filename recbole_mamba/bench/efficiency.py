@@ -2,8 +2,8 @@
 model and length, with ratios to SASRec measured in the same run.
 
     python -m recbole_mamba.bench --models SASRec,MambaRec,MLSA4Rec,MoEMaTrRec \\
-        --lengths 200,500,1000,2000,5000 [--batch-size 32] [--steps 2] [--device cpu|cuda] \\
-        [--memory-limit-gib 16] --out results/bench
+        --lengths 200,500,1000,2000,5000 [--batch-size 32] [--steps 5] [--device cpu|cuda] \\
+        [--memory-limit-gib 16] [--rounds 1] --out results/bench
 
 Every (model, length) runs in a fresh child process: two warm-up steps, then ``--steps`` timed
 training steps (RecBole's ``calculate_loss`` on a batch of full-length sequences, CE over all
@@ -153,6 +153,28 @@ def add_ratios(rows: list[dict], baseline: str = "SASRec") -> None:
         r["memory_vs_sasrec"] = r["peak_mib"] / b["peak_mib"] if b["peak_mib"] > 0 else None
 
 
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One row per (model, length) from several rounds of the same rows: the median of each
+    figure over the rounds where it ran, ratios included (each round's ratio is to SASRec of
+    that round, so a slow spell of the machine shows in both and cancels). A (model, length)
+    that failed in any round keeps that round's status and no figures."""
+    import statistics
+
+    combined = []
+    for same in zip(*rounds):
+        row = dict(same[0])
+        failed = [r for r in same if r["status"] != "ok"]
+        if failed:
+            row = {k: failed[0].get(k) for k in ("model", "length", "batch", "status")}
+        else:
+            for key in COLUMNS[4:]:
+                values = [r[key] for r in same if r.get(key) is not None]
+                row[key] = statistics.median(values) if values else None
+        row["rounds"] = len(same)
+        combined.append(row)
+    return combined
+
+
 def _cell(r: dict, key: str, fmt: str) -> str:
     value = r.get(key)
     if value is None:
@@ -221,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=5,
                    help="timed steps (and inference passes) after two warm-up steps; the median is reported")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every (model, length) this many times, round by round, and report medians "
+                        "(ratios per round first): steadier figures on a machine shared with other work")
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-limit-gib", type=float, default=16.0,
                    help="CPU: address space each child may map beyond its built model, so that a model that does not fit fails "
@@ -239,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, Path(args.out) / "efficiency.png", args.device, rows[0]["batch"])
         print(markdown(rows, args.device))
         return 0
+    if args.rounds < 1 or args.steps < 1:
+        p.error(f"--rounds and --steps must be at least 1 (got {args.rounds} and {args.steps})")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     lengths = sorted(int(x) for x in args.lengths.split(","))
     if args.device.startswith("cuda"):
@@ -248,19 +275,25 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
     if "SASRec" not in models:
         print("note: SASRec is not in --models, so no ratios are computed", file=sys.stderr)
-    rows = []
-    print(f"batch {args.batch_size}, device {args.device}, median of {args.steps} timed step(s)")
-    for model in models:
-        for length in lengths:
-            row = measure(model, length, args.batch_size, args.steps, args.device,
-                          args.memory_limit_gib or None, args.timeout)
-            rows.append(row)
-            if row["status"] == "ok":
-                print(f"{model:>11} L={length:<5} train {row['train_step_s']:.3f} s  infer "
-                      f"{row['infer_s']:.3f} s  peak {row['peak_mib']:.0f} MiB", flush=True)
-            else:
-                print(f"{model:>11} L={length:<5} {row['status']}", flush=True)
-    add_ratios(rows)
+    print(f"batch {args.batch_size}, device {args.device}, median of {args.steps} timed step(s), "
+          f"{args.rounds} round(s)")
+    rounds = []
+    for r in range(args.rounds):
+        rows = []
+        for model in models:
+            for length in lengths:
+                row = measure(model, length, args.batch_size, args.steps, args.device,
+                              args.memory_limit_gib or None, args.timeout)
+                rows.append(row)
+                tag = f"round {r + 1}: " if args.rounds > 1 else ""
+                if row["status"] == "ok":
+                    print(f"{tag}{model:>11} L={length:<5} train {row['train_step_s']:.3f} s  infer "
+                          f"{row['infer_s']:.3f} s  peak {row['peak_mib']:.0f} MiB", flush=True)
+                else:
+                    print(f"{tag}{model:>11} L={length:<5} {row['status']}", flush=True)
+        add_ratios(rows)
+        rounds.append(rows)
+    rows = combine_rounds(rounds)
     table = markdown(rows, args.device)
     print()
     print(table)
