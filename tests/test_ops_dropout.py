@@ -77,3 +77,14 @@ def test_bad_probability_rejected(p):
 def test_bad_tensor_rejected():
     with pytest.raises(ValueError, match="float32/float64"):
         dropout_cpu(torch.ones(3, dtype=torch.int64), 0.1)
+
+
+def test_nan_and_inf_propagate_as_with_torch():
+    """x * mask as torch's dropout: a NaN stays NaN even where dropped (the models' NaN-loss check
+    relies on NaN reaching the loss), inf becomes NaN where dropped; no fast-math on NaN/inf."""
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0] * 64)
+    out = dropout_cpu(x, 0.5, seed=3)
+    kept = dropout_mask(x.shape, 0.5, 3)
+    torch.testing.assert_close(out, x * kept / 0.5, equal_nan=True)
+    assert torch.isnan(out[torch.isnan(x)]).all() and (~kept[torch.isnan(x)]).any()
+    assert torch.isinf(out[kept & torch.isinf(x)]).all()

@@ -47,7 +47,7 @@ CHUNK = 32
 
 # The per-head loops run over D/H channels (8 for MLSA4Rec's hidden 64 and 8 heads). With a
 # run-time trip count that short, LLVM's vector loop never runs and the scalar remainder plus
-# its set-up cost more than the work (these loops were 80% of the forward). The helpers below
+# its set-up cost more than the work (these loops were ~85% of the forward). The helpers below
 # branch to fixed trip counts for the usual head sizes, which LLVM turns into single vector ops.
 @njit(inline="always", fastmath=_FASTMATH)
 def _seg_dot(a, b, o, dh):  # pragma: no cover - compiled
