@@ -180,6 +180,19 @@ def _drop_factors(b, t, length, seed, thresh, drop_scale, out):  # pragma: no co
             out[h, p] = drop_scale if keep_hash(seed, base + h * nint + p) >= thresh else zero
 
 
+@njit(inline="always", fastmath=_FASTMATH)
+def _mix(probs, b, t, length, has_drop, seed, thresh, drop_scale, factor, mix):  # pragma: no cover
+    """mix (H, P) = probs (H, P) after the attention dropout of (row b, position t); factor (H,
+    P) gets the dropout's factors (backward applies them to the gradient)."""
+    if not has_drop:
+        mix[:] = probs
+        return
+    _drop_factors(b, t, length, seed, thresh, drop_scale, factor)
+    for h in range(probs.shape[0]):
+        for p in range(probs.shape[1]):
+            mix[h, p] = probs[h, p] * factor[h, p]
+
+
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _lsa_fwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_scale, chunk, fast,
              save, ctx, probs_out, ck_top, ck_norm, ck_total):  # pragma: no cover - compiled
@@ -222,13 +235,7 @@ def _lsa_fwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
             _softmax_rows(probs, arg, ibuf, fast)
             if save:
                 probs_out[b, t] = probs
-            if has_drop:
-                _drop_factors(b, t, length, seed, thresh, drop_scale, factor)
-                for h in range(n_heads):
-                    for p in range(nint):
-                        mix[h, p] = probs[h, p] * factor[h, p]
-            else:
-                mix[:] = probs
+            _mix(probs, b, t, length, has_drop, seed, thresh, drop_scale, factor, mix)
             out = ctx[b, t]
             out[:] = 0
             for p in range(nint):
@@ -316,13 +323,7 @@ def _lsa_bwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
                 _inverse(norms[i, 0], inv[0])
                 _inverse(norms[i, 1], inv[1])
                 probs = probs_in[b, t]
-                if has_drop:
-                    _drop_factors(b, t, length, seed, thresh, drop_scale, factor)
-                    for h in range(n_heads):
-                        for p in range(nint):
-                            mix[h, p] = probs[h, p] * factor[h, p]
-                else:
-                    mix[:] = probs
+                _mix(probs, b, t, length, has_drop, seed, thresh, drop_scale, factor, mix)
                 dout = dctx[b, t]
                 qt = q[b, t]
                 # ctx_h = sum_p mix[h, p] * inv_v[p] * total_v[p]_h
