@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -52,16 +53,14 @@ def _child(model: str, length: int, batch: int, steps: int, device: str,
            memory_limit_gib: float | None = None) -> dict:
     """Child process: time and measure one (model, length); on CPU, ``memory_limit_gib`` caps
     what the steps may map beyond the built model."""
-    import statistics
-
     import torch
 
-    from recbole_mamba.bench.models import build_model_and_config, random_sequences, training_batch
+    from recbole_mamba.bench.models import build_model_and_transform, random_sequences, training_batch
 
-    net, config = build_model_and_config(model, length, device=device, train_mode="augment")
+    net, transform = build_model_and_transform(model, length, device=device, train_mode="augment")
     net.train()
     seqs = random_sequences(net.n_items, batch, length + 1, seed=length).to(device)
-    data = training_batch(net, config, seqs)
+    data = training_batch(net, transform, seqs)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     cuda = device.startswith("cuda")
     if memory_limit_gib and not cuda:
@@ -158,8 +157,6 @@ def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
     figure over the rounds where it ran, ratios included (each round's ratio is to SASRec of
     that round, so a slow spell of the machine shows in both and cancels). A (model, length)
     that failed in any round keeps that round's status and no figures."""
-    import statistics
-
     combined = []
     for same in zip(*rounds):
         row = dict(same[0])

@@ -46,10 +46,10 @@ def bench_dataset(name: str = "ml-100k"):
         return create_dataset(config)
 
 
-def build_model_and_config(model: str, length: int, device: str = "cpu", dataset: str = "ml-100k",
-                           **overrides):
+def build_model_and_transform(model: str, length: int, device: str = "cpu", dataset: str = "ml-100k",
+                              **overrides):
     """(``model`` (ours or RecBole's) with ``MAX_ITEM_LIST_LENGTH = length`` on ``device`` in
-    eval mode, its RecBole ``Config``); ``overrides`` are RecBole config keys."""
+    eval mode, its RecBole batch transform); ``overrides`` are RecBole config keys."""
     from recbole.config import Config
     from recbole.data.transform import construct_transform
 
@@ -62,31 +62,31 @@ def build_model_and_config(model: str, length: int, device: str = "cpu", dataset
     config["device"] = torch.device(device)
     # RecBole builds the batch transform (BERT4Rec's masking) with the dataloaders, before the
     # model, and the transform names the fields the model then reads from its config
-    construct_transform(config)
+    transform = construct_transform(config)
     torch.manual_seed(0)
-    return get_model(model)(config, data).to(device).eval(), config
+    return get_model(model)(config, data).to(device).eval(), transform
 
 
 def build_model(model: str, length: int, device: str = "cpu", dataset: str = "ml-100k",
                 **overrides) -> torch.nn.Module:
     """``model`` (ours or RecBole's) with ``MAX_ITEM_LIST_LENGTH = length``, on ``device``,
     in eval mode; ``overrides`` are RecBole config keys."""
-    return build_model_and_config(model, length, device, dataset, **overrides)[0]
+    return build_model_and_transform(model, length, device, dataset, **overrides)[0]
 
 
-def training_batch(model: torch.nn.Module, config, seqs: torch.Tensor, dataset: str = "ml-100k"):
+def training_batch(model: torch.nn.Module, transform, seqs: torch.Tensor, dataset: str = "ml-100k"):
     """A training ``Interaction`` from ``seqs`` (batch, L + 1): the first L items as the history,
-    the last as the target, passed through the model's RecBole batch transform (``transform``
-    in its config, e.g. BERT4Rec's ``mask_itemseq``), as RecBole's training dataloader does."""
+    the last as the target, passed through the model's RecBole batch ``transform`` (from
+    :func:`build_model_and_transform`, e.g. BERT4Rec's ``mask_itemseq``), as RecBole's training
+    dataloader does."""
     from recbole.data.interaction import Interaction
-    from recbole.data.transform import construct_transform
 
     batch, length = seqs.shape[0], seqs.shape[1] - 1
     data = Interaction({
         model.ITEM_SEQ: seqs[:, :-1], model.ITEM_SEQ_LEN: torch.full((batch,), length, device=seqs.device),
         model.POS_ITEM_ID: seqs[:, -1],
     }).to(seqs.device)
-    return construct_transform(config)(bench_dataset(dataset), data)
+    return transform(bench_dataset(dataset), data)
 
 
 def random_sequences(n_items: int, batch: int, length: int, seed: int = 0) -> torch.Tensor:

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mamba.ops import dropout_cpu
-
-_CPU_DTYPES = (torch.float32, torch.float64)
+from recbole_mamba.ops import CPU_DTYPES, dropout_cpu
 
 
 class Dropout(nn.Dropout):
@@ -23,6 +21,6 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.training and 0.0 < self.p < 1.0 and not self.inplace
-                and x.device.type == "cpu" and x.dtype in _CPU_DTYPES):
+                and x.device.type == "cpu" and x.dtype in CPU_DTYPES):
             return dropout_cpu(x, self.p)
         return F.dropout(x, self.p, self.training, self.inplace)

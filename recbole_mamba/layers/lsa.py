@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_mamba.layers.dropout import Dropout
-from recbole_mamba.ops import causal_lsa, lsa_step
+from recbole_mamba.ops import CPU_DTYPES, causal_lsa, lsa_step
 
 
 #: the largest gap (in logits) between a prefix's max and the sequence's max for which the
@@ -38,7 +38,6 @@ FLOAT32_SAFE_SPREAD = 30.0
 #: the same bound in float64 (max ~exp(709)): shifted logits are clamped here, finite but no
 #: longer exact beyond it
 FLOAT64_SAFE_SPREAD = 300.0
-_CPU_DTYPES = (torch.float32, torch.float64)
 #: positions per block of the chunked causal form (fastest of 8/16/32/64 at L = 200 to 5000)
 CAUSAL_CHUNK = 16
 
@@ -245,7 +244,7 @@ class LowRankSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (batch, L, D); mask (batch, L) True at real positions (None: all real)."""
         scale = 1.0 / math.sqrt(self.head_dim)
-        if self.causal and x.device.type == "cpu" and x.dtype in _CPU_DTYPES:
+        if self.causal and x.device.type == "cpu" and x.dtype in CPU_DTYPES:
             # the fused kernel (recbole_mamba.ops.lsa_causal): this layer's fwd+bwd at B=32,
             # L=200, H=8, P=20, D=64 on 2 threads ~27 ms against ~66 ms with the chunked form below
             key, value = self.key(x), self.value(x)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_mamba.ops import (
+    CPU_DTYPES,
     causal_conv1d_silu,
     causal_conv1d_update,
     resolve_backend,
@@ -126,7 +127,7 @@ class Mamba(nn.Module):
     def _channels_last_path(self, hidden_states: torch.Tensor) -> bool:
         """Whether :meth:`forward` runs the CPU kernels end to end in (batch, L, channels)."""
         return (resolve_backend(self.backend, hidden_states.device) == "cpu"
-                and hidden_states.dtype in (torch.float32, torch.float64)
+                and hidden_states.dtype in CPU_DTYPES
                 and all(p.dtype == hidden_states.dtype for p in (self.in_proj.weight, self.conv1d.weight)))
 
     def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:

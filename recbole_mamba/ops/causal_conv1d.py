@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _SUPPORTED, _exp_row, _like, as_numpy
+from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, CPU_DTYPES, _exp_row, _like, as_numpy
 
 TIME_BLOCK = 64
 """Steps per parallel work item."""
@@ -179,6 +179,6 @@ def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
             f"x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
             f"bias {None if bias is None else tuple(bias.shape)}")
     tensors = [t for t in (x, weight, bias) if t is not None]
-    if x.dtype in _SUPPORTED and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors):
+    if x.dtype in CPU_DTYPES and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors):
         return CausalConv1dSiLUCPU.apply(x, weight, bias, silu)
     return causal_conv1d_silu_ref(x, weight, bias, silu)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _SUPPORTED, _like
+from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, CPU_DTYPES, _like
 
 #: elements per parallel work item
 BLOCK = 4096
@@ -114,6 +114,6 @@ def dropout_cpu(x: torch.Tensor, p: float, seed: int | None = None) -> torch.Ten
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout_cpu: p must be in [0, 1), got {p}")
-    if x.device.type != "cpu" or x.dtype not in _SUPPORTED:
+    if x.device.type != "cpu" or x.dtype not in CPU_DTYPES:
         raise ValueError(f"dropout_cpu: needs a CPU float32/float64 tensor, got {x.dtype} on {x.device}")
     return DropoutCPU.apply(x, float(p), draw_seed() if seed is None else np.uint64(seed))

@@ -39,7 +39,7 @@ import torch
 from numba import njit, prange
 
 from recbole_mamba.ops.dropout_cpu import draw_seed, keep_hash, threshold
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _SUPPORTED, _exp_row, _like, as_numpy
+from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, CPU_DTYPES, _exp_row, _like, as_numpy
 
 CHUNK = 32
 """Positions between two saved running states; backward recomputes one chunk at a time."""
@@ -378,7 +378,7 @@ def _check(q, key_x, value_x, logit_k, logit_v, n_heads):
             raise ValueError(f"causal_lsa: {name} must have shape {shape} (q is {tuple(q.shape)}), "
                              f"got {tuple(t.shape)}")
     for name, t in {"q": q, "key_x": key_x, "value_x": value_x, "logit_k": logit_k, "logit_v": logit_v}.items():
-        if t.device.type != "cpu" or t.dtype not in _SUPPORTED:
+        if t.device.type != "cpu" or t.dtype not in CPU_DTYPES:
             raise ValueError(f"causal_lsa (cpu): {name} must be a float32/float64 CPU tensor, "
                              f"got {t.dtype} on {t.device}")
 
@@ -404,20 +404,21 @@ class CausalLSACPU(torch.autograd.Function):
                 out.dtype.type(1.0 / (1.0 - dropout)), CHUNK, dtype == torch.float32)
         if length:
             _lsa_fwd(*arrays, *args, save, out, probs, ck_top, ck_norm, ck_total)
-        if save:
-            ctx.arrays = arrays
+        if save:  # the inputs through autograd (its version check catches in-place changes)
+            ctx.save_for_backward(q, key_x, value_x, logit_k, logit_v)
             ctx.saved = (probs, ck_top, ck_norm, ck_total)
             ctx.args = args
-            ctx.dtypes = [t.dtype for t in (q, key_x, value_x, logit_k, logit_v)]
+            ctx.dtype = dtype
         return torch.from_numpy(out).to(q.dtype)
 
     @staticmethod
     def backward(ctx, dctx):
-        q, kx, vx, lk, lv = ctx.arrays
-        grads = [np.empty_like(a) for a in ctx.arrays]
-        if q.shape[1]:
-            _lsa_bwd(q, kx, vx, lk, lv, *ctx.args, *ctx.saved, as_numpy(dctx, ctx.dtypes[0]), *grads)
-        out = [torch.from_numpy(g).to(dt) for g, dt in zip(grads, ctx.dtypes)]
+        inputs = ctx.saved_tensors
+        arrays = [as_numpy(t, ctx.dtype) for t in inputs]
+        grads = [np.empty_like(a) for a in arrays]
+        if arrays[0].shape[1]:
+            _lsa_bwd(*arrays, *ctx.args, *ctx.saved, as_numpy(dctx, ctx.dtype), *grads)
+        out = [torch.from_numpy(g).to(t.dtype) for g, t in zip(grads, inputs)]
         return (*out, None, None, None, None)
 
 

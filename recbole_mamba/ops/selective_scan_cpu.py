@@ -375,7 +375,8 @@ def _scan_bwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplu
             dbias_part[b, lo + j] = dbias_acc[j]
 
 
-_SUPPORTED = (torch.float32, torch.float64)
+#: the dtypes every fused CPU kernel here (scan, conv, low-rank attention, dropout) takes
+CPU_DTYPES = (torch.float32, torch.float64)
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, device_and_dtype: bool = True) -> None:
@@ -410,7 +411,7 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, device_and_dtype: bool = 
             continue
         if t.device.type != "cpu":
             raise ValueError(f"selective_scan (cpu backend): {name} is on {t.device}, not cpu")
-        if t.dtype not in _SUPPORTED:
+        if t.dtype not in CPU_DTYPES:
             raise ValueError(
                 f"selective_scan (cpu backend): {name} has dtype {t.dtype}; float32 and float64 "
                 "are supported (cast with .float())"
@@ -435,7 +436,7 @@ def fusable_state(*states: torch.Tensor) -> bool:
     """Whether the fused CPU one-step kernels can update ``states`` in place: contiguous CPU
     tensors, all float32 or all float64."""
     dtype = states[0].dtype
-    return dtype in _SUPPORTED and all(
+    return dtype in CPU_DTYPES and all(
         t.device.type == "cpu" and t.is_contiguous() and t.dtype == dtype for t in states)
 
 
