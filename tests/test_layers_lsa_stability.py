@@ -94,19 +94,27 @@ def test_spreads_between_44_and_60_keep_gradients_finite_and_exact():
     """Regression: a real MLSA4Rec run (ML-1M, epoch 4) had pooling spreads of 35-44. Its float32
     weights were finite, but the division by a prefix normaliser ~exp(-44) has a backward whose
     intermediate (probs / norm) / norm ~exp(88) overflows float32: NaN gradients from a finite
-    loss. Such spreads must go through float64 and give float64's gradients."""
+    loss. Such spreads must go through float64 and give float64's gradients: in the layer (the
+    fused kernel on CPU) and in the chunked torch form that runs on other devices."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 40, 8, generator=g)
     x[:, :, 0] = 0.0
     x[:, :20, 0] = -50.0  # the first half's pooling logits 50 below the second half's
     mask = torch.ones(2, 40, dtype=torch.bool)
-    grads = []
-    for dtype in (torch.float32, torch.float64):
-        lsa = _controlled_lsa(dtype)
-        xi = x.to(dtype).detach().requires_grad_()
-        out = lsa(xi, mask)
-        out.square().sum().backward()
-        assert torch.isfinite(xi.grad).all(), dtype
-        assert all(torch.isfinite(p.grad).all() for p in lsa.parameters() if p.grad is not None), dtype
-        grads.append(xi.grad.double())
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-3)
+
+    def chunked(lsa, xi):  # the layer as it runs off CPU (no dropout here)
+        q = lsa._heads(lsa.query(xi))
+        ctx = lsa._causal_by_chunks(q, lsa.key(xi), lsa.value(xi), mask, 0.5, 16).reshape(xi.shape)
+        return lsa.LayerNorm(ctx + xi)
+
+    for form in (lambda lsa, xi: lsa(xi, mask), chunked):
+        grads = []
+        for dtype in (torch.float32, torch.float64):
+            lsa = _controlled_lsa(dtype)
+            xi = x.to(dtype).detach().requires_grad_()
+            out = form(lsa, xi)
+            out.square().sum().backward()
+            assert torch.isfinite(xi.grad).all(), dtype
+            assert all(torch.isfinite(p.grad).all() for p in lsa.parameters() if p.grad is not None), dtype
+            grads.append(xi.grad.double())
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-3)
