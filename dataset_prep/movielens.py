@@ -44,6 +44,7 @@ from dataset_prep.common import (
     open_text,
     run_cli,
 )
+from dataset_prep.sequences import numbered_lines, write_sequences
 
 log = logging.getLogger("dataset_prep.movielens")
 
@@ -129,32 +130,13 @@ def find_interactions_file(input_path: Path, fmt: str) -> tuple[Path, str]:
     )
 
 
-def _lines(f, path: Path, bad: BadLineCounter, progress: tqdm):
-    """Yield ``(line_no, text)`` without the line ending; flags empty and truncated lines."""
-    pending = 0
-    for line_no, line in enumerate(f, start=1):
-        pending += len(line)
-        if pending > 1 << 20:
-            progress.update(pending)
-            pending = 0
-        if not line.endswith("\n"):
-            bad.bad(path, line_no, "truncated last line (no newline at end of file)", line)
-            continue
-        text = line.rstrip("\r\n")
-        if not text.strip():
-            bad.bad(path, line_no, "empty line")
-            continue
-        yield line_no, text
-    progress.update(pending)
-
-
 def _convert_ratings(path: Path, out, bad: BadLineCounter, progress: tqdm) -> tuple[set, set, int]:
     users: set[int] = set()
     items: set[int] = set()
     n = 0
     out.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
     with open_text(path, encoding="latin-1") as f:
-        for line_no, text in _lines(f, path, bad, progress):
+        for line_no, text in numbered_lines(f, path, bad, progress):
             parts = text.split("::")
             if len(parts) != 4:
                 bad.bad(path, line_no, f"expected 4 fields 'UserID::MovieID::Rating::Timestamp', got {len(parts)}", text)
@@ -180,30 +162,7 @@ def _convert_ratings(path: Path, out, bad: BadLineCounter, progress: tqdm) -> tu
 
 
 def _convert_sequences(path: Path, out, bad: BadLineCounter, progress: tqdm) -> tuple[set, set, int]:
-    users: dict[int, int] = {}
-    items: set[int] = set()
-    n = 0
-    out.write("user_id:token\titem_id:token\ttimestamp:float\n")
-    with open_text(path, encoding="latin-1") as f:
-        for line_no, text in _lines(f, path, bad, progress):
-            parts = text.split()
-            try:
-                ids = [int(p) for p in parts]
-            except ValueError:
-                bad.bad(path, line_no, "expected integers 'UserID MovieID MovieID ...'", text)
-                continue
-            if len(ids) < 2:
-                bad.bad(path, line_no, "a user line needs a UserID and at least one MovieID", text)
-                continue
-            user = ids[0]
-            if user in users:
-                bad.bad(path, line_no, f"UserID {user} already had a line (line {users[user]})", text)
-                continue
-            users[user] = line_no
-            out.write("".join(f"{user}\t{item}\t{pos}\n" for pos, item in enumerate(ids[1:])))
-            items.update(ids[1:])
-            n += len(ids) - 1
-    return set(users), items, n
+    return write_sequences(path, out, bad, progress, integer_ids=True, what="UserID MovieID MovieID ...")
 
 
 def _side_rows(path: Path, n_fields: int, expected: str, bad: BadLineCounter):

@@ -6,6 +6,10 @@ with ``train_mode: augment``) the baselines are RecBole's, unchanged: their data
 :class:`~recbole_mamba.data.LazySequentialDataset`, which yields exactly RecBole's rows (tested
 against ``SequentialDataset``) with O(#interactions) memory.
 
+Through the same wrapper they also take our sampled losses (``loss_type: SS | gBCE``, see
+:mod:`recbole_mamba.models.losses`) in both training modes, so SASRec with a sampled softmax on
+every position ("SASRec+SS") is ``--model=SASRec --train_mode=all_positions --loss_type=SS``.
+
 Only causal baselines are listed: their output at position t sees positions <= t, so every
 position can be trained. BERT4Rec (bidirectional) and LightSANs (its low-rank keys pool the whole
 sequence) are not, and ``train_mode: all_positions`` is rejected for them.
@@ -17,6 +21,7 @@ import functools
 
 from recbole_mamba.data import train_mode_of
 from recbole_mamba.models.all_positions import all_positions_loss
+from recbole_mamba.models.losses import SHARED_NEGATIVE_LOSSES, RecLoss, train_target_counts
 
 CAUSAL_BASELINES = ("SASRec", "GRU4Rec")
 
@@ -33,21 +38,37 @@ def _all_positions_encode(model):
 
 
 def enable_all_positions(cls: type) -> type:
-    """Let ``cls`` (a RecBole sequential model using ``gather_indexes``) honour ``train_mode``."""
+    """Let ``cls`` (a RecBole sequential model using ``gather_indexes``) honour ``train_mode`` and
+    take ``loss_type: SS | gBCE`` besides its own CE and BPR."""
     if getattr(cls, "_recbole_mamba_all_positions", False):
         return cls
     original_init, original_loss = cls.__init__, cls.calculate_loss
 
     @functools.wraps(original_init)
     def __init__(self, config, dataset):
-        original_init(self, config, dataset)
+        loss_type = config["loss_type"]
+        if loss_type in SHARED_NEGATIVE_LOSSES:
+            config["loss_type"] = "CE"  # the class builds its CE head; our loss replaces it below
+            try:
+                original_init(self, config, dataset)
+            finally:
+                config["loss_type"] = loss_type
+            self.loss_type = loss_type
+        else:
+            original_init(self, config, dataset)
         self.train_mode = train_mode_of(config)
+        self.rec_loss = RecLoss(self.loss_type, self.n_items, config,
+                                train_target_counts(dataset) if loss_type in SHARED_NEGATIVE_LOSSES else None,
+                                owner=cls.__name__)
 
     @functools.wraps(original_loss)
     def calculate_loss(self, interaction):
-        if getattr(self, "train_mode", "augment") != "all_positions":
-            return original_loss(self, interaction)
-        return all_positions_loss(self, interaction, _all_positions_encode(self))
+        if getattr(self, "train_mode", "augment") == "all_positions":
+            return all_positions_loss(self, interaction, _all_positions_encode(self))
+        if self.loss_type in SHARED_NEGATIVE_LOSSES:
+            seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+            return self.rec_loss(seq_output, interaction[self.POS_ITEM_ID], self.item_embedding.weight)
+        return original_loss(self, interaction)
 
     cls.__init__, cls.calculate_loss = __init__, calculate_loss
     cls._recbole_mamba_all_positions = True

@@ -10,6 +10,8 @@ After :func:`register` (run by ``import recbole_mamba``):
   order as RecBole's own model files (after ``overall.yaml``; RecBole's dataset and quick-start
   files, then user config files, dicts and command-line flags override it), and
   ``properties/dataset/<dataset>.yaml`` when we ship one.
+* RecBole's ``TrainDataLoader`` counts ``train_batch_size`` in training targets for
+  all-position windows (see :mod:`recbole_mamba.data.lazy_dataset`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import recbole.utils
 import recbole.utils.utils as recbole_utils
 from recbole.config.configurator import Config
+from recbole.data.dataloader.general_dataloader import TrainDataLoader
 
 from recbole_mamba import compat
 
@@ -30,6 +33,7 @@ _ORIGINAL_GET_MODEL = recbole_utils.get_model
 _ORIGINAL_UPDATE = Config._update_internal_config_dict
 _ORIGINAL_SET_DEFAULTS = Config._set_default_parameters
 _RECBOLE_PROPERTIES = Path(recbole_utils.__file__).resolve().parent.parent / "properties"
+_ORIGINAL_TRAIN_BATCH = TrainDataLoader._init_batch_size_and_step
 _REGISTERED = False
 
 
@@ -138,16 +142,47 @@ def _update_internal_config_dict(self: Config, file: str) -> dict | None:
 
 
 def _set_default_parameters(self: Config) -> None:
-    """``Config._set_default_parameters`` that also knows our BCE loss.
+    """``Config._set_default_parameters`` that also knows our losses.
 
     RecBole derives ``MODEL_INPUT_TYPE`` from ``loss_type`` (CE: point-wise, BPR: pair-wise) and
-    leaves it unset for any other loss; BCE with one sampled negative is pair-wise input too.
+    leaves it unset for any other loss. BCE with one sampled negative is pair-wise input; SS and
+    gBCE draw their own shared negatives, so they are point-wise and, like CE, need
+    ``train_neg_sample_args: None`` (RecBole's negatives would be fed to them as positives).
     """
     _ORIGINAL_SET_DEFAULTS(self)
-    if self.model in _MODELS and self.final_config_dict.get("loss_type") == "BCE":
-        from recbole.utils import InputType
+    from recbole_mamba.baselines import CAUSAL_BASELINES
+    from recbole_mamba.models.losses import SHARED_NEGATIVE_LOSSES
 
+    if self.model not in _MODELS and self.model not in CAUSAL_BASELINES:
+        return
+    from recbole.utils import InputType
+
+    loss_type = self.final_config_dict.get("loss_type")
+    if loss_type == "BCE" and self.model in _MODELS:
         self.final_config_dict["MODEL_INPUT_TYPE"] = InputType.PAIRWISE
+    elif loss_type in SHARED_NEGATIVE_LOSSES:
+        neg = self.final_config_dict.get("train_neg_sample_args")
+        if neg not in (None, "None") and not (isinstance(neg, dict) and neg.get("distribution") in (None, "None", "none")):
+            raise ValueError(
+                f"{self.model}: loss_type {loss_type} draws its own n_negatives shared negatives per "
+                f"batch, so RecBole's train_neg_sample_args must be None (got {neg}). Pass "
+                "--train_neg_sample_args=None (or train_neg_sample_args: ~ in a config file)."
+            )
+        self.final_config_dict["MODEL_INPUT_TYPE"] = InputType.POINTWISE
+
+
+def _train_init_batch_size_and_step(self) -> None:
+    """``TrainDataLoader._init_batch_size_and_step`` with ``train_batch_size`` counted in training
+    targets for all-position windows (:func:`recbole_mamba.data.rows_per_batch`). RecBole's
+    negatives per row (``self.times``) are kept on top, as RecBole does."""
+    _ORIGINAL_TRAIN_BATCH(self)
+    from recbole_mamba.data import rows_per_batch
+
+    rows = rows_per_batch(self._dataset, self.step)
+    if rows != self.step:
+        times = self.times if self.neg_sample_args["distribution"] != "none" else 1
+        self.step = rows
+        self.set_batch_size(rows * times)
 
 
 def register() -> None:
@@ -182,6 +217,7 @@ def register() -> None:
     recbole.utils.get_model = get_model
     Config._update_internal_config_dict = _update_internal_config_dict
     Config._set_default_parameters = _set_default_parameters
+    TrainDataLoader._init_batch_size_and_step = _train_init_batch_size_and_step
     _REGISTERED = True
 
 

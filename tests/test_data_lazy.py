@@ -170,3 +170,53 @@ def test_non_causal_baseline_rejects_all_positions(in_tmp):
     dataset = create_dataset(config)
     with pytest.raises(ValueError, match="LightSANs is not causal"):
         LightSANs(config, dataset)
+
+
+def _train_steps(config) -> tuple[int, int]:
+    """(optimizer steps per epoch, training targets) of the training dataloader RecBole builds."""
+    train, _, _ = data_preparation(config, create_dataset(config))
+    ds = train._dataset
+    targets = int(ds.inter_feat["item_length"].sum()) if ds.targets_per_row else len(ds)
+    return len(train), targets
+
+
+@pytest.mark.slow
+def test_train_batch_size_counts_targets_in_both_modes_ml100k(in_tmp):
+    """An all-position epoch makes as many optimizer steps as an augmented one (within 5%); with
+    train_batch_unit: sequences a batch is that many windows (a handful of steps)."""
+    common = dict(user_inter_num_interval=None, MAX_ITEM_LIST_LENGTH=50, train_batch_size=512,
+                  loss_type="CE", train_neg_sample_args=None)
+    aug_steps, aug_targets = _train_steps(_config(in_tmp, train_mode="augment", **common))
+    all_steps, all_targets = _train_steps(_config(in_tmp, train_mode="all_positions", **common))
+    assert aug_targets == all_targets == 97_171  # ml-100k: every interaction but 3 per user
+    assert aug_steps == -(-97_171 // 512)
+    assert abs(all_steps - aug_steps) <= 0.05 * aug_steps
+    seq_steps, _ = _train_steps(_config(in_tmp, train_mode="all_positions", train_batch_unit="sequences", **common))
+    assert seq_steps == -(-2412 // 512) == 5
+    with pytest.raises(ValueError, match="train_batch_unit must be one of"):
+        create_dataset(_config(in_tmp, train_batch_unit="rows", **common))
+
+
+@pytest.mark.slow
+def test_train_batch_size_counts_targets_in_both_modes_ml1m(in_tmp):
+    """The same rule on long histories (ML-1M ratings half, ~163 per user, L=200)."""
+    from conftest import shared_data_dir
+    from dataset_prep.movielens import convert
+
+    data = shared_data_dir()
+    ratings = data / "ml-1m" / "ratings.users_1-2999.dat" if data else None
+    if ratings is None or not ratings.is_file():
+        pytest.skip("../shared/data/ml-1m not present")
+    convert(ratings, in_tmp / "dataset" / "ml1h", progress=False)
+    common = dict(data_path=str(in_tmp / "dataset"), MAX_ITEM_LIST_LENGTH=200, train_batch_size=2048,
+                  loss_type="CE", train_neg_sample_args=None, user_inter_num_interval=None,
+                  load_col={"inter": ["user_id", "item_id", "timestamp"]},
+                  eval_args={"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"})
+    steps = {}
+    for mode in ("augment", "all_positions"):
+        cfg = Config(model="MambaRec", dataset="ml1h", config_dict=tiny_config(in_tmp, train_mode=mode, **common))
+        steps[mode] = _train_steps(cfg)
+    (aug_steps, aug_targets), (all_steps, all_targets) = steps["augment"], steps["all_positions"]
+    assert aug_targets == all_targets == 487_650 - 3 * 2_999
+    assert aug_steps == -(-aug_targets // 2048)
+    assert abs(all_steps - aug_steps) <= 0.05 * aug_steps

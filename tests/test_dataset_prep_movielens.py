@@ -104,7 +104,7 @@ def test_sequence_format_timestamps_and_duplicate_user(tmp_path):
     assert (tmp_path / "a/s/s.inter").read_text().splitlines()[1:] == [
         "7\t3\t0", "7\t1\t1", "7\t2\t2", "8\t5\t0"]
     dup = _write(tmp_path / "dup.txt", "7 3 1\n8 5\n7 9\n")
-    with pytest.raises(BadInputError, match=r"UserID 7 already had a line \(line 1\)"):
+    with pytest.raises(BadInputError, match=r"user 7 already had a line \(line 1\)"):
         convert(dup, tmp_path / "b" / "s", progress=False)
 
 

@@ -14,6 +14,13 @@ part of leave-one-out), cut into non-overlapping windows of L targets (``train_w
 default, so every training target is predicted exactly once) or only the most recent window
 (``train_windows: last``, SASRec's original code). The model then computes its loss at every
 position (see ``MambaSequentialBase.calculate_loss``). Validation and test are untouched.
+
+**Batch size in all-position mode.** ``train_batch_size`` counts training targets in both modes
+(``train_batch_unit: targets``, the default): an augmented row is one target, an all-position
+window holds up to L targets, so a batch takes ``round(train_batch_size / targets_per_row)``
+windows, ``targets_per_row`` being the split's mean window length. An epoch then makes about
+as many optimizer steps (#targets / train_batch_size) in either mode, on short and long histories
+alike. ``train_batch_unit: sequences`` counts windows instead (the research repos' convention).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from recbole.utils.enum_type import FeatureSource, FeatureType
 
 TRAIN_MODES = ("augment", "all_positions")
 TRAIN_WINDOWS = ("all", "last")
+TRAIN_BATCH_UNITS = ("targets", "sequences")
 #: Row field holding the flat index of the row's target (its history ends just before it).
 SEQ_END_FIELD = "seq_end_index"
 
@@ -49,6 +57,14 @@ class LazySequentialDataset(SequentialDataset):
         self.train_windows = config["train_windows"] or "all"
         if self.train_windows not in TRAIN_WINDOWS:
             raise ValueError(f"train_windows must be one of {TRAIN_WINDOWS}, got {self.train_windows!r}")
+        self.train_batch_unit = config["train_batch_unit"] or "targets"
+        if self.train_batch_unit not in TRAIN_BATCH_UNITS:
+            raise ValueError(f"train_batch_unit must be one of {TRAIN_BATCH_UNITS}, got {self.train_batch_unit!r}")
+        #: mean training targets per row of this split when train_batch_size counts targets and
+        #: a row holds several (all-position windows); None otherwise. Read by the train loader.
+        self.targets_per_row: float | None = None
+        #: counts (n_items,) of each item among the training targets (set on the training split)
+        self.train_target_counts: np.ndarray | None = None
         # Benchmark files carry precomputed item lists: then this is RecBole's class, unchanged.
         self._lazy = config["benchmark_filename"] is None
         if not self._lazy and self.train_mode == "all_positions":
@@ -84,7 +100,12 @@ class LazySequentialDataset(SequentialDataset):
         datasets = super().build()
         if self.train_mode == "all_positions":
             datasets[0] = self._all_positions(datasets[0])
+        elif self._lazy:
+            train = datasets[0]
+            train.train_target_counts = np.bincount(train.inter_feat[self.iid_field].numpy(),
+                                                    minlength=self.item_num)
         return datasets
+
 
     def _all_positions(self, train: "LazySequentialDataset") -> "LazySequentialDataset":
         """One row per window of each user's training sequence (see the module docstring)."""
@@ -95,6 +116,7 @@ class LazySequentialDataset(SequentialDataset):
             return train
         order = np.lexsort((end, uid))
         last = order[np.r_[uid[order][1:] != uid[order][:-1], True]]  # each user's last train target
+        counts = np.bincount(feat[self.iid_field].numpy(), minlength=self.item_num)
         ends, users = end[last], uid[last]
         L = self.max_item_list_len
         firsts = self._user_first[ends]
@@ -110,9 +132,14 @@ class LazySequentialDataset(SequentialDataset):
         fields[self.item_list_length_field] = torch.from_numpy(lengths)
         fields[SEQ_END_FIELD] = t
         new = train.copy(Interaction(fields))
+        new.train_target_counts = counts
+        n_targets = int(lengths.sum())
+        if self.train_batch_unit == "targets":
+            new.targets_per_row = n_targets / len(ends)
         self.logger.info(
             f"train_mode all_positions: {len(feat)} training targets -> {len(ends)} sequences "
-            f"of <= {L} positions ({self.train_windows} windows)"
+            f"of <= {L} positions ({self.train_windows} windows, {n_targets} targets, "
+            f"{n_targets / len(ends):.1f} per sequence; train_batch_size counts {self.train_batch_unit})"
         )
         return new
 
@@ -142,3 +169,12 @@ class LazySequentialDataset(SequentialDataset):
     def history_lists(self, index) -> Interaction:
         """The rows at ``index`` with their ``<field>_list`` windows (what a batch holds)."""
         return self.__getitem__(index, join=False)
+
+
+def rows_per_batch(dataset, batch_size: int) -> int:
+    """Rows a training batch takes for ``train_batch_size`` = ``batch_size`` (see the module
+    docstring): ``batch_size`` itself unless ``dataset`` holds several targets per row."""
+    per_row = getattr(dataset, "targets_per_row", None)
+    if not per_row:
+        return batch_size
+    return max(1, int(round(batch_size / per_row)))

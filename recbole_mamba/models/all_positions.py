@@ -3,7 +3,7 @@
 A row holds a window ``item_seq`` (batch, L) of a user's history, its length and the item that
 follows (``POS_ITEM_ID``). Output t predicts item t+1 of the window, the last real output predicts
 ``POS_ITEM_ID``: every position of the window is a training target, as in SASRec's original code,
-RecMamba and the MambaRec seed.
+RecMamba and the MambaRec seed. The loss itself is :class:`recbole_mamba.models.losses.RecLoss`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def all_positions_loss(model, interaction, encode: Callable[[torch.Tensor, torch
 
     ``encode(item_seq, item_seq_len)`` must return (batch, L, D) outputs where position t depends
     on positions <= t only. ``model`` provides ``ITEM_SEQ``/``ITEM_SEQ_LEN``/``POS_ITEM_ID``,
-    ``item_embedding``, ``n_items``, ``loss_type`` (CE | BPR | BCE) and ``loss_fct``. CE is the
-    softmax over all items; BPR and BCE draw one uniform negative per position (never the target).
+    ``item_embedding`` and ``rec_loss`` (a :class:`~recbole_mamba.models.losses.RecLoss`; BPR and
+    BCE draw one uniform negative per position, never the target).
     """
     item_seq = interaction[model.ITEM_SEQ]
     item_seq_len = interaction[model.ITEM_SEQ_LEN]
@@ -39,21 +39,4 @@ def all_positions_loss(model, interaction, encode: Callable[[torch.Tensor, torch
         raise RuntimeError(f"{type(model).__name__}: all-position training needs (batch, L, D) outputs, "
                            f"got shape {tuple(hidden.shape)}")
     targets, real = all_positions_targets(item_seq, item_seq_len, interaction[model.POS_ITEM_ID])
-    h, t = hidden[real], targets[real]  # (P, D), (P,)
-    if model.loss_type == "CE":
-        return model.loss_fct(h @ model.item_embedding.weight.t(), t)
-    neg = torch.randint(1, model.n_items - 1, t.shape, device=t.device)
-    neg = neg + (neg >= t).long()  # uniform over the items other than the target
-    return sampled_loss(model, h, t, neg)
-
-
-def sampled_loss(model, hidden: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """BPR or BCE loss of outputs ``hidden`` (N, D) against item ids ``pos`` and ``neg`` (N,)."""
-    pos_score = (hidden * model.item_embedding(pos)).sum(-1)
-    neg_score = (hidden * model.item_embedding(neg)).sum(-1)
-    if model.loss_type == "BPR":
-        return model.loss_fct(pos_score, neg_score)
-    if model.loss_type == "BCE":
-        return model.loss_fct(pos_score, torch.ones_like(pos_score)) + model.loss_fct(
-            neg_score, torch.zeros_like(neg_score))
-    raise ValueError(f"{type(model).__name__}: a sampled loss is BPR or BCE, got {model.loss_type!r}")
+    return model.rec_loss(hidden[real], targets[real], model.item_embedding.weight)

@@ -10,23 +10,20 @@ import math
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.model.loss import BPRLoss
 from torch import nn
 
 from recbole_mamba.data import train_mode_of
 from recbole_mamba.layers import Dropout, Mamba
-from recbole_mamba.models.all_positions import all_positions_loss, sampled_loss
+from recbole_mamba.models.all_positions import all_positions_loss
+from recbole_mamba.models.losses import PAIRWISE_LOSSES, RecLoss, train_target_counts
 from recbole_mamba.models.state import UserState
-
-LOSS_TYPES = ("CE", "BPR", "BCE")
 
 
 class MambaSequentialBase(SequentialRecommender):
     """Base for our sequential recommenders.
 
-    Config keys read here: ``hidden_size``, ``loss_type`` (CE: softmax over all items;
-    BPR: pairwise with RecBole's sampled negative; BCE: the seed's binary cross-entropy with one
-    sampled negative), ``mamba_backend``, ``train_mode`` (``augment``: RecBole's one target per
+    Config keys read here: ``hidden_size``, ``loss_type`` (CE | BPR | BCE | SS | gBCE and their
+    keys, see :mod:`recbole_mamba.models.losses`), ``mamba_backend``, ``train_mode`` (``augment``: RecBole's one target per
     row; ``all_positions``: the loss at every position of each row, see
     :mod:`recbole_mamba.data.lazy_dataset`).
     """
@@ -35,13 +32,10 @@ class MambaSequentialBase(SequentialRecommender):
         super().__init__(config, dataset)
         self.hidden_size = int(config["hidden_size"])
         self.loss_type = config["loss_type"]
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(
-                f"{type(self).__name__}: loss_type must be one of {', '.join(LOSS_TYPES)}, "
-                f"got {self.loss_type!r}"
-            )
+        self.rec_loss = RecLoss(self.loss_type, self.n_items, config, train_target_counts(dataset),
+                                owner=type(self).__name__)
         self.train_mode = train_mode_of(config)
-        if (self.loss_type in ("BPR", "BCE") and self.train_mode == "augment"
+        if (self.loss_type in PAIRWISE_LOSSES and self.train_mode == "augment"
                 and config["train_neg_sample_args"] is None):
             raise ValueError(
                 f"{type(self).__name__}: loss_type {self.loss_type} needs one sampled negative "
@@ -49,12 +43,6 @@ class MambaSequentialBase(SequentialRecommender):
             )
         self.mamba_backend = config["mamba_backend"] or "auto"
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-        if self.loss_type == "BPR":
-            self.loss_fct = BPRLoss()
-        elif self.loss_type == "CE":
-            self.loss_fct = nn.CrossEntropyLoss()
-        else:
-            self.loss_fct = nn.BCEWithLogitsLoss()
 
     # ------------------------------------------------------------------ helpers
     def make_mamba(self, config) -> Mamba:
@@ -117,12 +105,8 @@ class MambaSequentialBase(SequentialRecommender):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         seq_output = self.forward(item_seq, item_seq_len)
-        pos_items = interaction[self.POS_ITEM_ID]
-        if self.loss_type == "CE":
-            logits = seq_output @ self.item_embedding.weight.t()
-            loss = self.loss_fct(logits, pos_items)
-        else:
-            loss = sampled_loss(self, seq_output, pos_items, interaction[self.NEG_ITEM_ID])
+        neg = interaction[self.NEG_ITEM_ID] if self.loss_type in PAIRWISE_LOSSES else None
+        loss = self.rec_loss(seq_output, interaction[self.POS_ITEM_ID], self.item_embedding.weight, neg)
         self._check_finite(loss)
         return loss
 
