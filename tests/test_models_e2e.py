@@ -21,12 +21,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("model,extra", [
-    ("MambaRec", {}),  # shipped YAML: BCE, all_positions
-    ("MambaRec", {"mamba_variant": "attention", "loss_type": "CE", "train_neg_sample_args": None,
-                  "train_mode": "augment"}),
+    ("MambaRec", {}),  # shipped YAML: attention variant, SS, all_positions
+    ("MambaRec", {"mamba_variant": "block", "loss_type": "BCE", "train_mode": "all_positions"}),  # the seed's
+    ("MambaRec", {"loss_type": "CE", "train_mode": "augment"}),
+    ("MambaRec", {"loss_type": "gBCE", "train_mode": "augment"}),
     ("MoEMaTrRec", {"loss_type": "BPR"}),
-    ("MLSA4Rec", {}),  # shipped YAML: CE, augment
+    ("MoEMaTrRec", {"loss_type": "SS", "ss_sampling": "popularity", "ss_logq": True, "ss_in_batch": 0.5}),
+    ("MLSA4Rec", {}),  # shipped YAML: SS, all_positions
+    ("MLSA4Rec", {"loss_type": "CE", "train_mode": "augment"}),  # the authors'
     ("MLSA4Rec", {"train_mode": "all_positions", "train_windows": "last"}),
+    ("SASRec", {"loss_type": "SS", "train_mode": "all_positions", "train_neg_sample_args": None}),  # SASRec+SS
+    ("GRU4Rec", {"loss_type": "gBCE", "train_mode": "augment", "train_neg_sample_args": None}),
 ])
 def test_train_evaluate_reload(in_tmp, model, extra):
     cfg = tiny_config(in_tmp, **extra)
@@ -34,6 +39,7 @@ def test_train_evaluate_reload(in_tmp, model, extra):
     test = result["test_result"]
     assert set(test) >= {"hit@10", "ndcg@10", "mrr@10"}
     assert 0.0 <= test["ndcg@10"] <= test["hit@10"] <= 1.0
+    assert result["best_valid_score"] > 0.0  # it learned something in one epoch
     ckpt = glob.glob(str(in_tmp / "saved" / f"{model}-*.pth"))
     assert len(ckpt) == 1
     config, net, dataset, train_data, valid_data, test_data = load_data_and_model(ckpt[0])
@@ -42,6 +48,13 @@ def test_train_evaluate_reload(in_tmp, model, extra):
     uid_series = dataset.token2id(dataset.uid_field, tokens)
     scores, items = full_sort_topk(uid_series, net, test_data, k=10, device=config["device"])
     assert items.shape == (3, 10) and torch.isfinite(scores).all()
+
+
+def test_shared_negative_loss_refuses_recbole_negatives(in_tmp):
+    cfg = tiny_config(in_tmp, loss_type="SS",
+                      train_neg_sample_args={"distribution": "uniform", "sample_num": 1})
+    with pytest.raises(ValueError, match="train_neg_sample_args must be None"):
+        run_recbole(model="MambaRec", dataset="ml-100k", config_dict=cfg, saved=False)
 
 
 def test_uni100_sampled_evaluation(in_tmp):
@@ -75,6 +88,7 @@ def test_reloaded_checkpoint_evaluates_in_a_fresh_process(in_tmp, model):
     process (it was allowed only once the registry had resolved it)."""
     cfg = tiny_config(in_tmp, loss_type="CE", train_neg_sample_args=None)
     result = run_recbole(model=model, dataset="ml-100k", config_dict=cfg)
+    assert result["best_valid_score"] > 0.0  # it learned something in one epoch
     ckpt = glob.glob(str(in_tmp / "saved" / f"{model}-*.pth"))
     assert len(ckpt) == 1
     code = textwrap.dedent(f"""

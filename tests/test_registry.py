@@ -47,14 +47,15 @@ def test_unknown_model_lists_available_models():
 def test_yaml_defaults_loaded_and_overridable(in_tmp):
     cfg = Config(model="MLSA4Rec", dataset="ml-100k")
     assert cfg["k_interests"] == 20 and cfg["n_heads"] == 8 and cfg["d_state"] == 32
-    assert cfg["loss_type"] == "CE" and cfg["train_neg_sample_args"]["distribution"] == "none"
+    assert cfg["loss_type"] == "SS" and cfg["train_neg_sample_args"]["distribution"] == "none"
+    assert cfg["train_mode"] == "all_positions" and cfg["n_negatives"] == 256
     assert cfg["MAX_ITEM_LIST_LENGTH"] == 50
     cfg = Config(model="MLSA4Rec", dataset="ml-100k", config_dict={"k_interests": 7})
     assert cfg["k_interests"] == 7
     yaml_file = in_tmp / "user.yaml"
     yaml_file.write_text("d_state: 12\n")
     cfg = Config(model="MambaRec", dataset="ml-100k", config_file_list=[str(yaml_file)])
-    assert cfg["d_state"] == 12 and cfg["mamba_variant"] == "block"
+    assert cfg["d_state"] == 12 and cfg["mamba_variant"] == "attention"
     # RecBole's quick-start sequential settings still apply after our model file
     assert cfg["eval_args"]["order"] == "TO"
 
