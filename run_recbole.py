@@ -1,17 +1,38 @@
 """RecBole's run_recbole.py, with recbole_mamba's models registered.
 
 Flag-compatible with RecBole's script:
-    python run_recbole.py --model=MambaRec --dataset=ml-100k --epochs=2
-Any other ``--key=value`` flag is a RecBole config override, as in RecBole.
+    python run_recbole.py --model=MambaRec --dataset=ml-100k --epochs=2 [--results=metrics.json]
+Any other ``--key=value`` flag is a RecBole config override, as in RecBole. At the end it prints
+the checkpoint it saved; ``--results FILE`` also writes the best validation and the test metrics
+as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
+from pathlib import Path
 
 import recbole_mamba  # noqa: F401  (applies compat fixes, registers the models)
 from recbole.quick_start import run
+
+
+def _new_checkpoint(checkpoint_dir: str, model: str, since: float) -> str | None:
+    """The newest ``<model>-*.pth`` written in ``checkpoint_dir`` after ``since``, if any."""
+    found = [p for p in Path(checkpoint_dir).glob(f"{model}-*.pth") if p.stat().st_mtime >= since]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
+def _plain(value):
+    """JSON-ready copy of RecBole's result (OrderedDicts of numpy floats)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "item"):
+        return value.item()
+    return value
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -19,26 +40,44 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--model", "-m", type=str, default="MLSA4Rec", help="name of the model")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="name of the dataset")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated config files")
+    parser.add_argument("--results", type=str, default=None, help="write the final metrics to this JSON file")
     parser.add_argument("--nproc", type=int, default=1, help="number of processes")
     parser.add_argument("--ip", type=str, default="localhost", help="ip of the master node")
     parser.add_argument("--port", type=str, default="5678", help="port of the master node")
     parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
     parser.add_argument("--group_offset", type=int, default=0, help="global rank offset of this group")
     args, _ = parser.parse_known_args(argv)
+    # RecBole's Config reads sys.argv itself: --results is ours, not a config key
+    sys.argv = [a for i, a in enumerate(sys.argv)
+                if not (a.startswith("--results=") or a == "--results"
+                        or (i > 0 and sys.argv[i - 1] == "--results"))]
 
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
-    from recbole_mamba.registry import get_model
     from recbole_mamba.data_check import check_dataset_files
+    from recbole_mamba.registry import get_model
 
     try:
         get_model(args.model)
     except ValueError as exc:
         sys.exit(str(exc))
-    check_dataset_files(args.model, args.dataset, config_file_list)
-    return run(
+    config = check_dataset_files(args.model, args.dataset, config_file_list)
+    start = time.time()
+    result = run(
         args.model, args.dataset, config_file_list=config_file_list, nproc=args.nproc,
         world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
     )
+    checkpoint = _new_checkpoint(config["checkpoint_dir"], args.model, start - 1)
+    if checkpoint:
+        print(f"checkpoint: {checkpoint}")
+    if args.results:
+        out = {"model": args.model, "dataset": args.dataset, "checkpoint": checkpoint,
+               "seconds": round(time.time() - start, 1), **_plain(result or {})}
+        tmp = f"{args.results}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2)
+        os.replace(tmp, args.results)
+        print(f"results: {args.results}")
+    return result
 
 
 if __name__ == "__main__":

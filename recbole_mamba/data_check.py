@@ -12,6 +12,10 @@ import sys
 PREP_COMMANDS = {
     "ml-1m": "python -m dataset_prep.movielens --input /path/to/ml-1m --output-dir dataset/ml-1m"
              "   (a folder with ratings.dat, or a one-user-per-line sequence file; see README, 'Datasets')",
+    "amazon-toys-s3": "python -m dataset_prep.sequences --input /path/to/Toys_and_Games.txt "
+                      "--output-dir dataset/amazon-toys-s3   (the S3-Rec file)",
+    "amazon-sports-s3": "python -m dataset_prep.sequences --input /path/to/Sports_and_Outdoors.txt "
+                        "--output-dir dataset/amazon-sports-s3   (the S3-Rec file)",
 }
 
 
@@ -31,11 +35,13 @@ def missing_dataset_message(dataset: str, data_path: str) -> str | None:
     return "\n".join(lines)
 
 
-def check_dataset_files(model: str, dataset: str, config_file_list: list[str] | None) -> None:
-    """Exit with a helpful message if the dataset's ``.inter`` file is missing."""
+def check_dataset_files(model: str, dataset: str, config_file_list: list[str] | None):
+    """Exit with a helpful message if the dataset's ``.inter`` file is missing; else return the
+    resolved RecBole ``Config``."""
     from recbole.config import Config
 
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list)
     message = missing_dataset_message(dataset, config["data_path"])
     if message is not None:
         sys.exit(message)
+    return config

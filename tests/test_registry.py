@@ -71,6 +71,23 @@ def test_run_recbole_script_flags_and_unknown_model(in_tmp):
 
 
 @pytest.mark.slow
+def test_run_recbole_script_prints_checkpoint_and_writes_results(in_tmp):
+    import json
+
+    flags = ["--epochs=1", "--MAX_ITEM_LIST_LENGTH=10", "--hidden_size=16", "--d_state=8",
+             "--user_inter_num_interval=[20,60]", f"--checkpoint_dir={in_tmp}/ckpt", "--show_progress=False"]
+    run = subprocess.run([sys.executable, str(ROOT / "run_recbole.py"), "--model=MambaRec", "--dataset=ml-100k",
+                          *flags, "--results", "metrics.json"], capture_output=True, text=True, cwd=in_tmp, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (ckpt,) = (in_tmp / "ckpt").glob("MambaRec-*.pth")
+    assert f"checkpoint: {ckpt}" in run.stdout
+    out = json.loads((in_tmp / "metrics.json").read_text())
+    assert out["checkpoint"] == str(ckpt) and out["model"] == "MambaRec"
+    assert 0.0 <= out["test_result"]["ndcg@10"] <= out["test_result"]["hit@10"] <= 1.0
+    assert "results" not in out.get("config", {})  # --results is not passed on to RecBole
+
+
+@pytest.mark.slow
 def test_objective_function(in_tmp):
     from recbole.quick_start import objective_function
 
