@@ -36,6 +36,7 @@ def write_space(path: Path, space: dict) -> Path:
     ({"learning_rate": {"uniform": [0.5, 0.1]}}, "needs low < high"),
     ({"num_layers": {"randint": [1.5, 3]}}, "randint needs integer bounds"),
     ({"hidden_size": {"choice": []}}, "non-empty list"),
+    ({"loss_type": {"grid": []}}, "grid needs a non-empty list"),
     ({"hidden_size": 64}, "exactly one distribution"),
     ({"dropout_prob": {"uniform": [0.1]}}, r"needs \[low, high\]"),
     ({"learning_rte": {"loguniform": [1e-4, 1e-2]}}, "Did you mean learning_rate"),
@@ -54,6 +55,23 @@ def test_shipped_spaces_validate():
     for path in files:
         space = load_space(path, model=path.stem)
         assert set(to_tune(space)) == set(space)
+    for path in sorted((folder / "defaults").glob("*.yaml")):  # the searches behind the shipped defaults
+        space = load_space(path, model=path.stem)
+        assert set(to_tune(space)) == set(space)
+
+
+def test_grid_keys_run_every_value(tmp_path):
+    space = load_space(write_space(tmp_path / "s.yaml", {"loss_type": {"grid": ["CE", "SS"]},
+                                                         "hidden_size": {"choice": [8]}}), model="MambaRec")
+    tuned = to_tune(space)
+    assert tuned["loss_type"] == {"grid_search": ["CE", "SS"]}
+
+
+def test_grid_with_a_model_based_search_is_refused(tmp_path, capsys):
+    space = write_space(tmp_path / "s.yaml", {"loss_type": {"grid": ["CE", "SS"]}})
+    code = runner.main(["--model=MambaRec", "--space", str(space), "--search", "optuna",
+                        "--storage", str(tmp_path / "st"), *TINY])
+    assert code != 0 and "cannot run grid keys (loss_type)" in capsys.readouterr().err
 
 
 def test_bad_space_stops_the_cli_before_any_trial(tmp_path, capsys):

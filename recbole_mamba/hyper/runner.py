@@ -286,6 +286,9 @@ def run(args: argparse.Namespace, passthrough: dict) -> dict:
     if args.resume and not folder.exists():
         raise HyperError(f"--resume: no experiment at {folder}")
 
+    if args.search != "random" and any(dist == "grid" for dist, _ in space.values()):
+        raise HyperError(f"--search {args.search} cannot run grid keys ({', '.join(k for k, (d, _) in space.items() if d == 'grid')}); "
+                         "use --search random, or 'choice' instead of 'grid'")
     # one checkpoint per epoch is the point here; Ray's warning about frequent snapshots is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():

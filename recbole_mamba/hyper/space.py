@@ -6,6 +6,10 @@ One entry per RecBole config key, with exactly one distribution::
     dropout_prob:  {uniform: [0.1, 0.5]}             # low < high
     num_layers:    {randint: [1, 4]}                 # integers, high exclusive (1, 2 or 3)
     hidden_size:   {choice: [32, 64, 128]}           # a non-empty list of values
+    loss_type:     {grid: [CE, SS]}                  # every value, each in its own trial(s)
+
+``grid`` keys multiply: each combination of their values runs ``--num-samples`` times (the other
+keys sampled anew each time), as Ray Tune's ``grid_search``.
 
 Keys are checked against the config keys that RecBole and this package know for the model
 (RecBole's overall/model/dataset property files and ours), so a typo fails before any trial runs
@@ -20,7 +24,7 @@ from typing import Any
 
 import yaml
 
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 
 
 class SpaceError(ValueError):
@@ -63,9 +67,9 @@ def validate_entry(key: str, spec: Any, where: str) -> tuple[str, Any]:
     ((dist, args),) = spec.items()
     if dist not in DISTRIBUTIONS:
         raise SpaceError(f"{where}: {key!r}: unknown distribution {dist!r}; choose from {', '.join(DISTRIBUTIONS)}")
-    if dist == "choice":
+    if dist in ("choice", "grid"):
         if not isinstance(args, list) or not args:
-            raise SpaceError(f"{where}: {key!r}: choice needs a non-empty list of values, got {args!r}")
+            raise SpaceError(f"{where}: {key!r}: {dist} needs a non-empty list of values, got {args!r}")
         return dist, list(args)
     if not isinstance(args, list) or len(args) != 2:
         raise SpaceError(f"{where}: {key!r}: {dist} needs [low, high], got {args!r}")
@@ -118,6 +122,8 @@ def to_tune(space: dict[str, tuple[str, Any]]) -> dict[str, Any]:
     for key, (dist, args) in space.items():
         if dist == "choice":
             out[key] = tune.choice(args)
+        elif dist == "grid":
+            out[key] = tune.grid_search(args)
         elif dist == "uniform":
             out[key] = tune.uniform(*args)
         elif dist == "loguniform":
