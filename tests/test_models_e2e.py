@@ -21,13 +21,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("model,extra", [
-    ("MambaRec", {}),  # shipped YAML: attention variant, SS, all_positions
+    ("MambaRec", {}),  # shipped YAML: attention variant, CE, all_positions
     ("MambaRec", {"mamba_variant": "block", "loss_type": "BCE", "train_mode": "all_positions"}),  # the seed's
     ("MambaRec", {"loss_type": "CE", "train_mode": "augment"}),
     ("MambaRec", {"loss_type": "gBCE", "train_mode": "augment"}),
     ("MoEMaTrRec", {"loss_type": "BPR"}),
     ("MoEMaTrRec", {"loss_type": "SS", "ss_sampling": "popularity", "ss_logq": True, "ss_in_batch": 0.5}),
-    ("MLSA4Rec", {}),  # shipped YAML: SS, all_positions
+    ("MLSA4Rec", {}),  # shipped YAML: CE, all_positions
+    ("MLSA4Rec", {"loss_type": "SS", "n_negatives": 64}),
     ("MLSA4Rec", {"loss_type": "CE", "train_mode": "augment"}),  # the authors'
     ("MLSA4Rec", {"train_mode": "all_positions", "train_windows": "last"}),
     ("SASRec", {"loss_type": "SS", "train_mode": "all_positions", "train_neg_sample_args": None}),  # SASRec+SS

@@ -47,7 +47,7 @@ def test_unknown_model_lists_available_models():
 def test_yaml_defaults_loaded_and_overridable(in_tmp):
     cfg = Config(model="MLSA4Rec", dataset="ml-100k")
     assert cfg["k_interests"] == 20 and cfg["n_heads"] == 8 and cfg["d_state"] == 32
-    assert cfg["loss_type"] == "SS" and cfg["train_neg_sample_args"]["distribution"] == "none"
+    assert cfg["loss_type"] == "CE" and cfg["train_neg_sample_args"]["distribution"] == "none"
     assert cfg["train_mode"] == "all_positions" and cfg["n_negatives"] == 256
     assert cfg["MAX_ITEM_LIST_LENGTH"] == 50
     cfg = Config(model="MLSA4Rec", dataset="ml-100k", config_dict={"k_interests": 7})
