@@ -1,6 +1,7 @@
-"""What every converter shares: errors that name file and line, atomic outputs, compressed input.
+"""What every converter shares: errors that name file and line, atomic outputs, compressed input,
+the one-line summary a conversion prints.
 
-Nothing here knows a dataset format. The converters (``movielens``, ``lfm1b``, ``kuairand``) read
+Nothing here knows a dataset format. The converters (``sequences``, ``movielens``, ``lfm1b``, ``kuairand``) read
 raw files, validate each row, and write RecBole atomic files through :func:`atomic_outputs`, so
 an interrupted or failed run never leaves a partial ``.inter`` that RecBole would load.
 """
@@ -121,6 +122,28 @@ def atomic_outputs(paths: list[Path], force: bool = False) -> Iterator[list[Path
         for tmp in tmps:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+
+@dataclass
+class ConversionSummary:
+    """What a conversion wrote; ``str()`` is the one-line report the CLI prints."""
+
+    source: Path
+    fmt: str
+    users: int
+    items: int
+    interactions: int
+    skipped: str
+    seconds: float
+    outputs: list[Path]
+
+    def __str__(self) -> str:
+        files = ", ".join(str(p) for p in self.outputs)
+        return (
+            f"{self.source} ({self.fmt}): {self.interactions:,} interactions, {self.users:,} users, "
+            f"{self.items:,} items in {self.seconds:.1f} s ({human_rate(self.interactions, self.seconds)}); "
+            f"{self.skipped}; wrote {files}"
+        )
 
 
 def human_rate(rows: int, seconds: float) -> str:

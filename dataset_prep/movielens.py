@@ -30,7 +30,6 @@ import logging
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -39,8 +38,8 @@ from dataset_prep.common import (
     ON_BAD_LINES,
     BadInputError,
     BadLineCounter,
+    ConversionSummary,
     atomic_outputs,
-    human_rate,
     open_text,
     run_cli,
 )
@@ -51,28 +50,6 @@ log = logging.getLogger("dataset_prep.movielens")
 FORMATS = ("auto", "ratings", "sequence")
 SIDE_FILES = {"movies.dat", "users.dat", "README", "readme", "README.txt", "README.md"}
 _YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
-
-
-@dataclass
-class ConversionSummary:
-    """What a conversion wrote; ``str()`` is the one-line report the CLI prints."""
-
-    source: Path
-    fmt: str
-    users: int
-    items: int
-    interactions: int
-    skipped: str
-    seconds: float
-    outputs: list[Path]
-
-    def __str__(self) -> str:
-        files = ", ".join(str(p) for p in self.outputs)
-        return (
-            f"{self.source} ({self.fmt}): {self.interactions:,} interactions, {self.users:,} users, "
-            f"{self.items:,} items in {self.seconds:.1f} s ({human_rate(self.interactions, self.seconds)}); "
-            f"{self.skipped}; wrote {files}"
-        )
 
 
 def sniff_format(path: Path) -> str:

@@ -22,7 +22,6 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -32,34 +31,13 @@ from dataset_prep.common import (
     ON_BAD_LINES,
     BadInputError,
     BadLineCounter,
+    ConversionSummary,
     atomic_outputs,
-    human_rate,
     open_text,
     run_cli,
 )
 
 HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
-
-
-@dataclass
-class SequenceSummary:
-    """What a conversion wrote; ``str()`` is the one-line report the CLI prints."""
-
-    source: Path
-    users: int
-    items: int
-    interactions: int
-    skipped: str
-    seconds: float
-    outputs: list[Path]
-
-    def __str__(self) -> str:
-        files = ", ".join(str(p) for p in self.outputs)
-        return (
-            f"{self.source} (sequence): {self.interactions:,} interactions, {self.users:,} users, "
-            f"{self.items:,} items in {self.seconds:.1f} s ({human_rate(self.interactions, self.seconds)}); "
-            f"{self.skipped}; wrote {files}"
-        )
 
 
 def numbered_lines(f: IO[str], path: Path, bad: BadLineCounter, progress: tqdm | None = None
@@ -121,7 +99,7 @@ def write_sequences(path: Path, out: IO[str], bad: BadLineCounter, progress: tqd
 
 
 def convert(input_path: str | Path, output_dir: str | Path, name: str | None = None,
-            on_bad_lines: str = "error", force: bool = False, progress: bool = True) -> SequenceSummary:
+            on_bad_lines: str = "error", force: bool = False, progress: bool = True) -> ConversionSummary:
     """Convert a sequence file to ``<output_dir>/<name>.inter``.
 
     ``name`` defaults to the output folder's name (``dataset/amazon-toys-s3`` -> ``amazon-toys-s3``),
@@ -145,7 +123,7 @@ def convert(input_path: str | Path, output_dir: str | Path, name: str | None = N
             users, items, n = write_sequences(source, out, bad, bar)
         if n == 0:
             raise BadInputError(source, 1, "no valid user line in the file")
-    return SequenceSummary(source, len(users), len(items), n, bad.summary(),
+    return ConversionSummary(source, "sequence", len(users), len(items), n, bad.summary(),
                            time.perf_counter() - start, [target])
 
 
