@@ -220,3 +220,14 @@ def test_train_batch_size_counts_targets_in_both_modes_ml1m(in_tmp):
     assert aug_targets == all_targets == 487_650 - 3 * 2_999
     assert aug_steps == -(-aug_targets // 2048)
     assert abs(all_steps - aug_steps) <= 0.05 * aug_steps
+
+
+def test_training_target_counts_agree_in_both_modes(in_tmp):
+    """Popularity sampling reads the same item counts whichever mode built the training split."""
+    from recbole_mamba.models.losses import train_target_counts
+
+    aug = create_dataset(_config(in_tmp, train_mode="augment", MAX_ITEM_LIST_LENGTH=4)).build()[0]
+    allpos = create_dataset(_config(in_tmp, train_mode="all_positions", MAX_ITEM_LIST_LENGTH=4)).build()[0]
+    a, b = train_target_counts(aug), train_target_counts(allpos)
+    assert a.sum() == len(aug) and a.shape == (aug.item_num,)
+    np.testing.assert_array_equal(a, b)

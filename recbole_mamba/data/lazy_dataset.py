@@ -63,7 +63,9 @@ class LazySequentialDataset(SequentialDataset):
         #: mean training targets per row of this split when train_batch_size counts targets and
         #: a row holds several (all-position windows); None otherwise. Read by the train loader.
         self.targets_per_row: float | None = None
-        #: counts (n_items,) of each item among the training targets (set on the training split)
+        #: counts (n_items,) of each item among the training targets, set on the all-position
+        #: training split (whose rows are windows, not targets); None where the rows are the
+        #: targets themselves (see recbole_mamba.models.losses.train_target_counts)
         self.train_target_counts: np.ndarray | None = None
         # Benchmark files carry precomputed item lists: then this is RecBole's class, unchanged.
         self._lazy = config["benchmark_filename"] is None
@@ -100,10 +102,6 @@ class LazySequentialDataset(SequentialDataset):
         datasets = super().build()
         if self.train_mode == "all_positions":
             datasets[0] = self._all_positions(datasets[0])
-        elif self._lazy:
-            train = datasets[0]
-            train.train_target_counts = np.bincount(train.inter_feat[self.iid_field].numpy(),
-                                                    minlength=self.item_num)
         return datasets
 
 

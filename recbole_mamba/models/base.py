@@ -15,7 +15,7 @@ from torch import nn
 from recbole_mamba.data import train_mode_of
 from recbole_mamba.layers import Dropout, Mamba
 from recbole_mamba.models.all_positions import all_positions_loss
-from recbole_mamba.models.losses import PAIRWISE_LOSSES, RecLoss, train_target_counts
+from recbole_mamba.models.losses import PAIRWISE_LOSSES, SHARED_NEGATIVE_LOSSES, RecLoss, train_target_counts
 from recbole_mamba.models.state import UserState
 
 
@@ -32,8 +32,8 @@ class MambaSequentialBase(SequentialRecommender):
         super().__init__(config, dataset)
         self.hidden_size = int(config["hidden_size"])
         self.loss_type = config["loss_type"]
-        self.rec_loss = RecLoss(self.loss_type, self.n_items, config, train_target_counts(dataset),
-                                owner=type(self).__name__)
+        counts = train_target_counts(dataset) if self.loss_type in SHARED_NEGATIVE_LOSSES else None
+        self.rec_loss = RecLoss(self.loss_type, self.n_items, config, counts, owner=type(self).__name__)
         self.train_mode = train_mode_of(config)
         if (self.loss_type in PAIRWISE_LOSSES and self.train_mode == "augment"
                 and config["train_neg_sample_args"] is None):
