@@ -114,7 +114,7 @@ class LazySequentialDataset(SequentialDataset):
             return train
         order = np.lexsort((end, uid))
         last = order[np.r_[uid[order][1:] != uid[order][:-1], True]]  # each user's last train target
-        counts = np.bincount(feat[self.iid_field].numpy(), minlength=self.item_num)
+        item_counts = np.bincount(feat[self.iid_field].numpy(), minlength=self.item_num)
         ends, users = end[last], uid[last]
         L = self.max_item_list_len
         firsts = self._user_first[ends]
@@ -130,7 +130,7 @@ class LazySequentialDataset(SequentialDataset):
         fields[self.item_list_length_field] = torch.from_numpy(lengths)
         fields[SEQ_END_FIELD] = t
         new = train.copy(Interaction(fields))
-        new.train_target_counts = counts
+        new.train_target_counts = item_counts
         n_targets = int(lengths.sum())
         if self.train_batch_unit == "targets":
             new.targets_per_row = n_targets / len(ends)
