@@ -19,8 +19,10 @@ and each has a test in ``tests/test_compat.py`` that fails without it.
   its whole ``Config`` (enums, ``torch.device``, the model class, the yaml loader class) into every
   checkpoint with pickle protocol 4, so ``Trainer.evaluate(load_best_model=True)`` (the test step
   of every ``run_recbole``), ``Trainer.resume_checkpoint`` and
-  ``quick_start.load_data_and_model`` fail. Those three reads (and only those) go through
-  :func:`load_recbole_checkpoint`, an allow-listing unpickler. ``torch.load`` itself is untouched:
+  ``quick_start.load_data_and_model`` fail. Those three reads go through
+  :func:`recbole_mamba.safe_load.load_recbole_checkpoint`, an unpickler that runs no code from
+  the file; so do RecBole's reads of its dataset and dataloader caches (plain ``pickle.load`` in
+  ``recbole.data.utils``, on files a checkpoint's config may name). ``torch.load`` itself is untouched:
   no global ``weights_only=False``. ``load_data_and_model`` also runs the unpickled config's
   ``compatibility_settings`` (RecBole's ``np.float`` & co., which only building a ``Config``
   sets): without it, evaluating a reloaded model in a fresh process crashed in NDCG.
@@ -35,13 +37,18 @@ use ``float_seq`` fields.
 from __future__ import annotations
 
 import logging
-import os
-import pickle
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+
+from recbole_mamba.safe_load import (
+    PickleForRecBoleData,
+    RestrictedUnpickler,
+    allow_class,
+    load_recbole_checkpoint,
+)
 
 _APPLIED = False
 logger = logging.getLogger(__name__)
@@ -157,125 +164,17 @@ def fix_pandas_copy_on_write() -> None:
 # --------------------------------------------------------------------------- torch.load
 # RecBole saves checkpoints with ``pickle_protocol=4``, whose FRAME opcode torch's own
 # ``weights_only`` unpickler rejects ("Unsupported operand 149") whatever is allow-listed. So
-# RecBole's three checkpoint reads go through one narrow loader instead: a standard
-# ``pickle.Unpickler`` whose ``find_class`` resolves only torch's own weights-only allow-list,
-# ``torch.serialization.add_safe_globals`` entries, and the classes a RecBole Config holds.
-# Anything else in the file (e.g. ``os.system``) raises ``pickle.UnpicklingError``.
-
-_RECBOLE_ALLOWED: set[str] = set()
-
-
-def _recbole_checkpoint_globals() -> set[str]:
-    """Fully qualified names of the globals a RecBole 1.2.1 checkpoint pickles."""
-    from recbole.utils import enum_type
-
-    names = {
-        "recbole.config.configurator.Config",
-        "torch.device",
-        "yaml.loader.FullLoader",
-        "builtins.set",
-        "builtins.frozenset",
-        "collections.OrderedDict",
-        "numpy.dtype",
-        "numpy.core.multiarray.scalar",
-        "numpy._core.multiarray.scalar",
-        "numpy.core.multiarray._reconstruct",
-        "numpy._core.multiarray._reconstruct",
-        "numpy.ndarray",
-        "torch._utils._rebuild_tensor_v2",
-        "torch._utils._rebuild_parameter",
-        "torch.storage.UntypedStorage",
-    }
-    for name in dir(enum_type):
-        obj = getattr(enum_type, name)
-        if isinstance(obj, type) and issubclass(obj, enum_type.Enum) and obj is not enum_type.Enum:
-            names.add(f"{obj.__module__}.{obj.__qualname__}")
-    for name in dir(np.dtypes):
-        if name.endswith("DType"):
-            names.add(f"numpy.dtypes.{name}")
-    return names
+# RecBole's checkpoint reads, and its dataset/dataloader cache reads (plain ``pickle.load``), go
+# through :mod:`recbole_mamba.safe_load` instead.
 
 
 def allow_model_class(cls: type) -> None:
     """Allow a model class in RecBole checkpoints (its Config names the model class).
 
     The registry calls this for every model it registers (ours); RecBole's own model classes
-    are accepted without it (:func:`_is_recbole_builtin_model`).
+    are accepted without it.
     """
-    _RECBOLE_ALLOWED.add(f"{cls.__module__}.{cls.__qualname__}")
-
-
-def _is_recbole_builtin_model(module: str, name: str) -> bool:
-    """Whether ``module.name`` is one of RecBole's own model classes (``recbole.model.*``, a
-    subclass of ``AbstractRecommender``). A checkpoint's Config names its model class; in a
-    fresh process nothing has resolved RecBole's models yet, so an allow-list filled on
-    resolution would refuse e.g. a SASRec checkpoint. Importing a module of the installed recbole
-    package runs no code from the file."""
-    if not module.startswith("recbole.model."):
-        return False
-    import importlib
-
-    from recbole.model.abstract_recommender import AbstractRecommender
-
-    try:
-        obj = getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return False
-    return isinstance(obj, type) and issubclass(obj, AbstractRecommender)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves only allow-listed globals."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        full = f"{module}.{name}"
-        if (
-            full in _RECBOLE_ALLOWED
-            or _is_recbole_builtin_model(module, name)
-            or full in _get_allowed_globals()
-            or any(
-                f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}" == full
-                for g in torch.serialization.get_safe_globals()
-            )
-        ):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load global {full!r} from a checkpoint: it is not in recbole_mamba's "
-            "allow-list of what RecBole checkpoints hold. If you trust the file and it holds a "
-            "custom class, allow it with recbole_mamba.compat.allow_model_class(cls) or "
-            "torch.serialization.add_safe_globals([cls])."
-        )
-
-
-class _RestrictedPickleModule:
-    """A ``pickle_module`` for ``torch.load`` that uses :class:`RestrictedUnpickler`."""
-
-    Unpickler = RestrictedUnpickler
-    UnpicklingError = pickle.UnpicklingError
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(pickle, name)
-
-    @staticmethod
-    def load(file: Any, **kwargs: Any) -> Any:
-        return RestrictedUnpickler(file, **kwargs).load()
-
-
-_RESTRICTED_PICKLE = _RestrictedPickleModule()
-
-
-def load_recbole_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict:
-    """Load a RecBole checkpoint (``{'config', 'state_dict', ...}``) safely.
-
-    ``weights_only`` cannot read RecBole's protocol-4 pickles, so this passes a restricted
-    unpickler (:class:`RestrictedUnpickler`) to ``torch.load`` instead: only allow-listed
-    globals are ever imported.
-    """
-    return torch.load(
-        path, map_location=map_location, weights_only=False, pickle_module=_RESTRICTED_PICKLE
-    )
+    allow_class(cls)
 
 
 class _TorchForRecBoleTrainer:
@@ -322,13 +221,15 @@ def _load_data_and_model(model_file: str) -> tuple:
 
 
 def fix_torch_safe_load() -> None:
-    """Route RecBole's checkpoint reads through :func:`load_recbole_checkpoint`."""
+    """Route RecBole's checkpoint and cache reads through :mod:`recbole_mamba.safe_load`."""
     import recbole.quick_start as qs_pkg
     import recbole.quick_start.quick_start as qs_mod
     import recbole.trainer.trainer as trainer_mod
 
-    _RECBOLE_ALLOWED.update(_recbole_checkpoint_globals())
+    import recbole.data.utils as data_utils
+
     trainer_mod.torch = _TorchForRecBoleTrainer()
+    data_utils.pickle = PickleForRecBoleData()
     qs_mod.load_data_and_model = _load_data_and_model
     qs_pkg.load_data_and_model = _load_data_and_model
 

@@ -18,6 +18,7 @@ import argparse
 import csv
 import logging
 import os
+import pickle
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,12 @@ def load_model(checkpoint: str | os.PathLike, device: str = "cpu"):
     path = Path(checkpoint)
     if not path.is_file():
         raise RecommendError(f"checkpoint {path} does not exist; train with run_recbole.py (saved: True)")
-    ckpt = load_recbole_checkpoint(path, map_location=device)
+    try:
+        ckpt = load_recbole_checkpoint(path, map_location=device)
+    except pickle.UnpicklingError as exc:
+        raise RecommendError(str(exc)) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise RecommendError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
         raise RecommendError(f"{path} is not a RecBole checkpoint (no config/state_dict)")
     config = ckpt["config"]
@@ -86,7 +92,10 @@ def load_model(checkpoint: str | os.PathLike, device: str = "cpu"):
             f"{missing}\nThe checkpoint's data_path is {config['data_path']!r}: run from the folder "
             "you trained in if it is relative."
         )
-    dataset = create_dataset(config)
+    try:
+        dataset = create_dataset(config)
+    except pickle.UnpicklingError as exc:
+        raise RecommendError(str(exc)) from None
     model = get_model(config["model"])(config, dataset).to(device)
     model.load_state_dict(ckpt["state_dict"])
     model.load_other_parameter(ckpt.get("other_parameter"))
@@ -115,25 +124,43 @@ def read_events(path: str | os.PathLike) -> list[Event]:
     """Rows ``user_id,item_id[,timestamp]`` (optional header). Malformed rows raise with the
     file and line number."""
     events: list[Event] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for number, row in enumerate(csv.reader(handle), start=1):
-            if not row or all(not cell.strip() for cell in row):
-                raise RecommendError(f"{path}:{number}: empty line")
-            if number == 1 and row[0].strip().lower() in ("user_id", "user", "user_id:token"):
-                continue
-            if len(row) not in (2, 3):
-                raise RecommendError(
-                    f"{path}:{number}: expected user_id,item_id[,timestamp], got {len(row)} fields"
-                )
-            user, item = row[0].strip(), row[1].strip()
-            if not user or not item:
-                raise RecommendError(f"{path}:{number}: empty user or item id")
-            if len(row) == 3:
-                try:
-                    float(row[2])
-                except ValueError:
-                    raise RecommendError(f"{path}:{number}: timestamp {row[2]!r} is not a number") from None
-            events.append(Event(number, user, item))
+    path = str(path)
+    if not os.path.isfile(path):
+        raise RecommendError(f"--events: {path} does not exist")
+    with open(path, "rb") as probe:
+        head = probe.read(8192)
+    if b"\0" in head:
+        raise RecommendError(f"{path}: not a text CSV (it holds NUL bytes); give user_id,item_id[,timestamp] rows")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a UTF-8 BOM is skipped
+            text_rows = list(enumerate(csv.reader(handle), start=1))
+    except UnicodeDecodeError as exc:
+        raise RecommendError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise RecommendError(f"{path}: not a CSV file ({exc})") from None
+    for number, row in text_rows:
+        if not row or all(not cell.strip() for cell in row):
+            raise RecommendError(f"{path}:{number}: empty line")
+        if number == 1 and row[0].strip().lower() in ("user_id", "user", "user_id:token"):
+            continue
+        if len(row) not in (2, 3):
+            raise RecommendError(
+                f"{path}:{number}: expected user_id,item_id[,timestamp], got {len(row)} fields"
+            )
+        user, item = row[0].strip(), row[1].strip()
+        if not user or not item:
+            raise RecommendError(f"{path}:{number}: empty user or item id")
+        if len(row) == 3:
+            try:
+                float(row[2])
+            except ValueError:
+                raise RecommendError(f"{path}:{number}: timestamp {row[2]!r} is not a number") from None
+        events.append(Event(number, user, item))
+    if not events:
+        raise RecommendError(
+            f"{path}: no events ({'only a header' if text_rows else 'the file is empty'}); "
+            "expected rows user_id,item_id[,timestamp]"
+        )
     return events
 
 
@@ -211,12 +238,15 @@ class Recommender:
         return self.model.full_sort_predict(batch).view(len(users), -1).float().cpu()
 
     def topk(self, users: list[int], k: int) -> list[list[tuple[str, float]]]:
-        """Top-k (item token, score) per user."""
+        """Top-k (item token, score) per user.
+
+        Fewer than ``k`` when fewer items can be recommended (padding, and seen items under
+        ``exclude_history``, are never listed)."""
         scores = self.scores(users)
         k = min(k, scores.shape[1] - 1)
         values, index = scores.topk(k, dim=1)
         tokens = self.dataset.id2token(self.dataset.iid_field, index.cpu().numpy())
-        return [[(str(t), float(v)) for t, v in zip(trow, vrow.tolist())]
+        return [[(str(t), float(v)) for t, v in zip(trow, vrow.tolist()) if v != float("-inf")]
                 for trow, vrow in zip(tokens, values)]
 
 
@@ -248,10 +278,36 @@ def _write_rows(rows: list[list], out: str | None) -> None:
             writer.writerows(rows)
 
 
+def _check_device(device: str) -> None:
+    """A torch device this machine has, else a RecommendError that says what it has."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise RecommendError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:0, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RecommendError(f"--device {device}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RecommendError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
+def _check_writable(out: Path) -> None:
+    """``--out``'s folder exists and is writable (checked before any work)."""
+    folder = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise RecommendError(f"--out {out} is a folder; give a file name")
+    if not folder.is_dir():
+        raise RecommendError(f"--out {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise RecommendError(f"--out {out}: folder {folder} is not writable")
+
+
 def run(args: argparse.Namespace) -> tuple[list[list], SkipCounter]:
     """Everything ``main`` does, returning the output rows and the skip summary."""
     if args.topk < 1:
         raise RecommendError(f"--topk must be at least 1, got {args.topk}")
+    _check_device(args.device)
+    if args.out:
+        _check_writable(Path(args.out))
     user_tokens = [u.strip() for u in args.users.split(",") if u.strip()] if args.users else []
     events = read_events(args.events) if args.events else []
     if not user_tokens and not events:

@@ -117,7 +117,7 @@ def get_model(model_name: str) -> type:
             f"RecBole models: {', '.join(theirs)}\n"
             f"(RecBole's own lookup said: {type(exc).__name__}: {exc})"
         ) from None
-    return cls  # RecBole's own classes need no allow-listing: see compat._is_recbole_builtin_model
+    return cls  # RecBole's own classes need no allow-listing: see safe_load._is_recbole_model
 
 
 def _update_internal_config_dict(self: Config, file: str) -> dict | None:
@@ -197,6 +197,7 @@ def register() -> None:
     from recbole_mamba.data import LazySequentialDataset
     from recbole_mamba.models import MambaRec, MLSA4Rec, MoEMaTrRec
 
+    compat.allow_class(LazySequentialDataset)
     for cls in (MambaRec, MoEMaTrRec, MLSA4Rec):
         register_model(cls)
         register_dataset(cls.__name__, LazySequentialDataset)
