@@ -1,10 +1,11 @@
 """RecBole's run_recbole.py, with recbole_mamba's models registered.
 
 Flag-compatible with RecBole's script:
-    python run_recbole.py --model=MambaRec --dataset=ml-100k --epochs=2 [--results=metrics.json]
+    python run_recbole.py --model=MambaRec --dataset=ml-100k --epochs=2 [--results=metrics.json] [--resume]
 Any other ``--key=value`` flag is a RecBole config override, as in RecBole. At the end it prints
 the checkpoint it saved; ``--results FILE`` also writes the best validation and the test metrics
-as JSON.
+as JSON. ``--resume`` continues the newest killed run of this model (its ``<checkpoint>.resume``
+state in ``checkpoint_dir``) from its last evaluated epoch; ``--resume=PATH`` names the state.
 """
 
 from __future__ import annotations
@@ -41,15 +42,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="name of the dataset")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated config files")
     parser.add_argument("--results", type=str, default=None, help="write the final metrics to this JSON file")
+    parser.add_argument("--resume", nargs="?", const="newest", default=None,
+                        help="continue a killed run: the newest <model>-*.pth.resume in checkpoint_dir, or this file")
     parser.add_argument("--nproc", type=int, default=1, help="number of processes")
     parser.add_argument("--ip", type=str, default="localhost", help="ip of the master node")
     parser.add_argument("--port", type=str, default="5678", help="port of the master node")
     parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
     parser.add_argument("--group_offset", type=int, default=0, help="global rank offset of this group")
     args, _ = parser.parse_known_args(argv)
-    # RecBole's Config reads sys.argv itself: --results is ours, not a config key
+    # RecBole's Config reads sys.argv itself: --results and --resume are ours, not config keys
     sys.argv = [a for i, a in enumerate(sys.argv)
-                if not (a.startswith("--results=") or a == "--results"
+                if not (a.startswith(("--results=", "--resume=")) or a in ("--results", "--resume")
                         or (i > 0 and sys.argv[i - 1] == "--results"))]
 
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
@@ -61,12 +64,28 @@ def main(argv: list[str] | None = None) -> dict | None:
     except ValueError as exc:
         sys.exit(str(exc))
     config = check_dataset_files(args.model, args.dataset, config_file_list)
+    config_dict, resumed_best = {}, None
+    if args.resume:
+        from recbole_mamba.checkpoints import load_resume_state, newest_resume_state
+
+        state_file = (newest_resume_state(config["checkpoint_dir"], args.model)
+                      if args.resume == "newest" else Path(args.resume))
+        if state_file is None:
+            sys.exit(f"--resume: no {args.model}-*.pth.resume in {config['checkpoint_dir']}: no killed "
+                     f"run of {args.model} to continue (a run that ended deletes its resume state)")
+        try:
+            resumed_best = load_resume_state(state_file)["saved_model_file"]
+        except (ValueError, OSError) as exc:
+            sys.exit(f"--resume: {exc}")
+        print(f"resuming from {state_file}")
+        config_dict["resume_from"] = str(state_file)
     start = time.time()
     result = run(
-        args.model, args.dataset, config_file_list=config_file_list, nproc=args.nproc,
+        args.model, args.dataset, config_file_list=config_file_list, config_dict=config_dict or None,
+        nproc=args.nproc,
         world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
     )
-    checkpoint = _new_checkpoint(config["checkpoint_dir"], args.model, start - 1)
+    checkpoint = _new_checkpoint(config["checkpoint_dir"], args.model, start - 1) or resumed_best
     if checkpoint:
         print(f"checkpoint: {checkpoint}")
     if args.results:

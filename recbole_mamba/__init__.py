@@ -2,7 +2,8 @@
 
 ``import recbole_mamba`` applies the compatibility fixes for recbole 1.2.1 on today's stack
 (:mod:`recbole_mamba.compat`) and registers the models (:mod:`recbole_mamba.registry`), so that
-RecBole's own entry points find ``MambaRec``, ``MoEMaTrRec`` and ``MLSA4Rec`` by name.
+RecBole's own entry points find ``MambaRec``, ``MoEMaTrRec`` and ``MLSA4Rec`` by name, and makes
+RecBole's checkpoints atomic and its runs resumable after a kill (:mod:`recbole_mamba.checkpoints`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ compat.apply()
 from recbole_mamba import registry  # noqa: E402
 
 registry.register()
+
+from recbole_mamba import checkpoints  # noqa: E402
+
+checkpoints.install()
 
 from recbole_mamba.models import MambaRec, MLSA4Rec, MoEMaTrRec  # noqa: E402
 
