@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         get_model(args.model)
     except ValueError as exc:
         sys.exit(str(exc))
-    config = check_dataset_files(args.model, args.dataset, config_file_list)
+    from recbole_mamba.config_check import ConfigError
+
+    try:
+        config = check_dataset_files(args.model, args.dataset, config_file_list)
+    except ConfigError as exc:
+        sys.exit(f"run_recbole.py: config error: {exc}")
     config_dict, resumed_best = {}, None
     if args.resume:
         from recbole_mamba.checkpoints import load_resume_state, newest_resume_state

@@ -16,6 +16,7 @@ import logging
 import lzma
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,22 +73,106 @@ class BadLineCounter:
         return f"bad lines skipped: {self.total} ({parts}); first: " + "; ".join(self.examples)
 
 
+class InputFileError(ValueError):
+    """An input file that cannot be read as what its name says (compression, encoding)."""
+
+
+# file name ending -> (codec, magic bytes the compressed file starts with)
+COMPRESSION_MAGIC = {
+    ".gz": ("gzip", b"\x1f\x8b"),
+    ".bz2": ("bzip2", b"BZh"),
+    ".xz": ("xz", b"\xfd7zXZ\x00"),
+    ".zst": ("zstd", b"\x28\xb5\x2f\xfd"),
+    ".lz4": ("lz4", b"\x04\x22\x4d\x18"),
+}
+
+
+def check_compression(path: str | os.PathLike) -> str | None:
+    """The codec ``path``'s name asks for (None: plain), after checking the file starts like one.
+
+    Raises :class:`InputFileError` naming the file when a ``.gz`` (etc.) is not such a file."""
+    path = Path(path)
+    spec = COMPRESSION_MAGIC.get(path.suffix)
+    if spec is None:
+        return None
+    codec, magic = spec
+    with open(path, "rb") as f:
+        head = f.read(len(magic))
+    if head != magic:
+        raise InputFileError(
+            f"{path}: not a {codec} file (its name ends in {path.suffix}, its first bytes are {head!r}); "
+            f"rename it if it is not compressed"
+        )
+    return codec
+
+
+class _ReadErrors(io.RawIOBase):
+    """A binary stream whose read errors (truncated or corrupt compressed data) become
+    :class:`InputFileError` naming the file."""
+
+    def __init__(self, raw: IO[bytes], path: str, codec: str | None):
+        self._raw, self._path, self._codec = raw, path, codec
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self._raw.read(len(buffer))
+        except (EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
+            what = f"{self._codec} data" if self._codec else "the file"
+            raise InputFileError(f"{self._path}: {what} is truncated or corrupt ({exc})") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def open_text(path: str | os.PathLike, encoding: str = "utf-8") -> IO[str]:
     """Open a text file for reading, decompressing ``.gz``, ``.bz2`` and ``.xz`` on the fly.
 
     Lines keep their ending (``newline=""``) so a converter can tell CRLF and a truncated last
-    line (no newline) apart from a good line.
+    line (no newline) apart from a good line. A file that is not what its name says, and
+    truncated or corrupt compressed data, raise :class:`InputFileError` naming the file.
     """
+    codec = check_compression(path)
     path = os.fspath(path)
-    if path.endswith(".gz"):
+    if codec == "gzip":
         raw: IO[bytes] = gzip.open(path, "rb")
-    elif path.endswith(".bz2"):
+    elif codec == "bzip2":
         raw = bz2.open(path, "rb")
-    elif path.endswith(".xz"):
+    elif codec == "xz":
         raw = lzma.open(path, "rb")
-    else:
+    elif codec is None:
         raw = open(path, "rb")
-    return io.TextIOWrapper(raw, encoding=encoding, newline="")
+    else:
+        raise InputFileError(f"{path}: {codec} input is read by the event-log converters only; decompress it first")
+    return io.TextIOWrapper(io.BufferedReader(_ReadErrors(raw, path, codec), 1 << 20), encoding=encoding, newline="")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.tmp-<pid>`` files in ``folder`` whose process is gone (a run killed
+    while writing) and return them; other processes' live temporaries are kept."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def check_outputs(paths: list[Path], force: bool) -> None:
@@ -110,9 +195,7 @@ def atomic_outputs(paths: list[Path], force: bool = False) -> Iterator[list[Path
     touched.
     """
     check_outputs(paths, force)
-    for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
+    tmps = check_writable(paths)
     try:
         yield tmps
         for tmp, final in zip(tmps, paths):
@@ -120,8 +203,30 @@ def atomic_outputs(paths: list[Path], force: bool = False) -> Iterator[list[Path
                 os.replace(tmp, final)
     finally:
         for tmp in tmps:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def check_writable(paths: list[Path]) -> list[Path]:
+    """Create the folders of ``paths``, remove temporaries of killed runs there, and create each
+    path's (empty) temporary ``.<name>.tmp-<pid>``: the proof, before any input is read, that the
+    outputs can be written. Returns the temporaries; :class:`InputFileError` names the folder."""
+    tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
+    for folder in dict.fromkeys(p.parent for p in paths):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputFileError(f"output folder {folder} cannot be created: {exc.strerror}") from None
+        remove_stale_temporaries(folder)
+    try:
+        for tmp in tmps:
+            tmp.touch()
+    except OSError as exc:
+        for tmp in tmps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise InputFileError(f"output folder {tmps[0].parent} is not writable: {exc.strerror}") from None
+    return tmps
 
 
 @dataclass

@@ -5,7 +5,7 @@ decompress gzip/bz2/zstd on the fly, and it is already a dependency (Ray Tune). 
 parse as fast, but neither tells which *line* of a file was malformed, and a converter for a
 billion rows must say exactly that. So the reader here cuts the (decompressed) stream into
 blocks of whole lines itself, counts lines, and hands each clean block to pyarrow (the fast
-path, ~all blocks). A block that pyarrow rejects, or that holds a carriage return, an empty line
+path, ~all blocks). A block that pyarrow rejects, or that holds a lone carriage return (CRLF line ends are fine), an empty line
 or a negative value, is re-read line by line in Python to name the bad line (file and 1-based
 line number) and either raise or skip it (``--on-bad-lines skip``; counted in the summary).
 
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
-from dataset_prep.common import BadLineCounter, atomic_outputs, human_rate
+from dataset_prep.common import BadLineCounter, InputFileError, atomic_outputs, check_compression, human_rate
 from dataset_prep.keeper import PerUserKeeper
 
 BLOCK_BYTES = 64 << 20
@@ -61,7 +61,11 @@ def header_of(path: Path, delimiter: str) -> list[str]:
     """Column names from the file's first line (BOM and CR stripped)."""
     raw, stream = _open_stream(path)
     with raw, stream:
-        line = _read_header_line(stream).decode("utf-8-sig").rstrip("\r")
+        head = _read_header_line(stream, path)
+    try:
+        line = head.decode("utf-8-sig").rstrip("\r")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}:1: the header line is not UTF-8 text (a binary file?)") from None
     if not line:
         raise ValueError(f"{path}:1: expected a header line, found an empty line")
     return [c.strip() for c in line.split(delimiter)]
@@ -78,9 +82,14 @@ def _slow_block(block: bytes, first_line: int, path: Path, layout: Layout,
         lines.pop()
     for k, raw in enumerate(lines):
         line_no = first_line + k
+        if raw.endswith(b"\r"):  # CRLF line ending (RFC 4180 CSV)
+            raw = raw[:-1]
         text = raw.decode("utf-8", errors="replace")
-        if raw.endswith(b"\r"):
-            bad.bad(path, line_no, "carriage return (CRLF line ending)", text)
+        if b"\r" in raw:
+            bad.bad(path, line_no, "carriage return inside a line", text)
+            continue
+        if b"\0" in raw:
+            bad.bad(path, line_no, "binary data (NUL bytes) in a text line", text)
             continue
         if not raw.strip():
             bad.bad(path, line_no, "empty line")
@@ -97,6 +106,9 @@ def _slow_block(block: bytes, first_line: int, path: Path, layout: Layout,
             continue
         if min(values[:3]) < 0:
             bad.bad(path, line_no, "negative id or timestamp", text)
+            continue
+        if max(values) >= 2**63:
+            bad.bad(path, line_no, "value beyond the int64 range", text)
             continue
         for c, v in zip(cols, values):
             c.append(v)
@@ -135,16 +147,28 @@ CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 
 def _open_stream(path: Path) -> tuple[pa.NativeFile, pa.NativeFile]:
     """``(raw file, content stream)``: the stream decompresses by extension (gzip, bz2, zstd,
-    lz4) in pyarrow's C++; the raw file's position drives the progress bar."""
+    lz4) in pyarrow's C++; the raw file's position drives the progress bar. A file that does not
+    start like its extension's codec raises :class:`~dataset_prep.common.InputFileError`."""
+    check_compression(path)
     raw = pa.OSFile(str(path), "rb")
     codec = CODECS.get(path.suffix)
     return raw, (pa.CompressedInputStream(raw, codec) if codec else raw)
 
 
-def _read_header_line(stream: pa.NativeFile) -> bytes:
+def _read(stream: pa.NativeFile, n: int, path: Path) -> bytes:
+    """``stream.read(n)``; truncated or corrupt compressed data raise an error naming the file."""
+    try:
+        return stream.read(n)
+    except (OSError, pa.ArrowInvalid) as exc:
+        codec = CODECS.get(path.suffix)
+        what = f"{codec} data" if codec else "the file"
+        raise InputFileError(f"{path}: {what} is truncated or corrupt ({exc})") from None
+
+
+def _read_header_line(stream: pa.NativeFile, path: Path) -> bytes:
     out = bytearray()
     while True:
-        c = stream.read(1)
+        c = _read(stream, 1, path)
         if not c or c == b"\n":
             return bytes(out)
         out += c
@@ -172,7 +196,7 @@ def read_events(paths: Sequence[Path], layout_for, bad: BadLineCounter,
             with raw, stream:
                 line_no = 1  # 1-based number of the next block's first line
                 if layout.header:
-                    _read_header_line(stream)
+                    _read_header_line(stream, path)
                     line_no = 2
                 pending, reported = b"", 0
 
@@ -180,7 +204,9 @@ def read_events(paths: Sequence[Path], layout_for, bad: BadLineCounter,
                     """Lines block[first:last] (bytes); fast path unless a CR is in there."""
                     nonlocal line_no
                     parsed = None
-                    if block.find(b"\r", first, last) < 0:
+                    # pyarrow ends lines at \r\n as at \n; a lone \r (which it would also take
+                    # as a line end, shifting line numbers) sends the block to the slow path
+                    if block.count(b"\r", first, last) == block.count(b"\r\n", first, last):
                         # a zero-copy view of the block: no 64 MiB copy per block
                         parsed = _fast_block(memoryview(block)[first:last], layout)
                     if parsed is None:
@@ -201,7 +227,7 @@ def read_events(paths: Sequence[Path], layout_for, bad: BadLineCounter,
                         yield u, i, t
 
                 while True:
-                    chunk = stream.read(block_bytes)
+                    chunk = _read(stream, block_bytes, path)
                     if not chunk:
                         if pending:
                             bad.bad(path, line_no, "truncated last line (no newline at end of file)",
@@ -341,12 +367,18 @@ def convert_events(paths: Sequence[Path], layout_for, output_dir: str | os.PathL
     Raises :class:`~dataset_prep.common.BadInputError` on the first bad line (``on_bad_lines``
     ``error``); nothing is written then, and existing outputs are kept unless ``force``.
     """
-    from dataset_prep.common import check_outputs
+    from dataset_prep.common import check_outputs, check_writable
 
+    if max_len < 3:
+        raise ValueError(f"--max-len must be at least 3, got {max_len}: the dataset's leave-one-out split "
+                         "needs a train, a validation and a test event per user (the YAML keeps users "
+                         "with 3 or more)")
     output_dir = Path(output_dir)
     name = name or output_dir.resolve().name
     targets = [output_dir / f"{name}.{ext}" for ext in ("user_map.tsv", "item_map.tsv", "yaml", "inter")]
     check_outputs(targets, force)  # fail before reading a billion rows, not after
+    for tmp in check_writable(targets):  # the folder takes files: proved now, written at the end
+        tmp.unlink()
     start = time.perf_counter()
     bad = BadLineCounter(on_bad_lines)
     keeper = PerUserKeeper(max_len, keep, num_users)

@@ -26,6 +26,7 @@ seconds and reports a bad row with its exact line number. The billion-row conver
 from __future__ import annotations
 
 import argparse
+import math
 import logging
 import re
 import sys
@@ -53,11 +54,33 @@ _YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
 
 def sniff_format(path: Path) -> str:
-    """``"ratings"`` if the first non-empty line holds ``::``, else ``"sequence"``."""
+    """``"ratings"`` if the first non-empty line holds ``::``; ``"sequence"`` if it is
+    space-separated integers and does not also read as ratings. Anything else raises
+    ``ValueError`` asking for ``--format`` (never a silent guess): tab- or comma-separated lines,
+    and space-separated lines of exactly 4 integers whose last is a Unix time (a ratings file
+    written with spaces, or a user with three items?)."""
     with open_text(path, encoding="latin-1") as f:
         for line in f:
-            if line.strip():
-                return "ratings" if "::" in line else "sequence"
+            text = line.lstrip("\ufeff").rstrip("\r\n")
+            if not text.strip():
+                continue
+            if "::" in text:
+                return "ratings"
+            if "\t" in text or "," in text:
+                sep = "tab" if "\t" in text else "comma"
+                raise ValueError(
+                    f"{path}:1: {sep}-separated line {text[:60]!r}: neither MovieLens ratings "
+                    "('UserID::MovieID::Rating::Timestamp') nor a space-separated sequence file "
+                    "('UserID MovieID MovieID ...'); convert it to one of them, or pass --format"
+                )
+            parts = text.split()
+            if len(parts) == 4 and all(p.isdigit() for p in parts) and int(parts[3]) >= 10**8:
+                raise ValueError(
+                    f"{path}:1: {text[:60]!r} reads as a sequence (user and 3 items) and as ratings "
+                    "with spaces (the last field looks like a Unix time); pass --format sequence or "
+                    "--format ratings"
+                )
+            return "sequence"
     raise BadInputError(path, 1, "the file is empty")
 
 
@@ -72,11 +95,9 @@ def find_interactions_file(input_path: Path, fmt: str) -> tuple[Path, str]:
     if not input_path.exists():
         raise FileNotFoundError(f"--input {input_path}: no such file or directory")
     if input_path.is_file():
-        found = sniff_format(input_path)
-        if fmt != "auto" and fmt != found:
-            log.warning("%s looks like the %s format; reading it as %s as asked", input_path, found, fmt)
-            found = fmt
-        return input_path, found
+        if fmt != "auto":
+            return input_path, fmt  # asked for: each line is checked against that format
+        return input_path, sniff_format(input_path)
     if fmt in ("auto", "ratings") and (input_path / "ratings.dat").is_file():
         return input_path / "ratings.dat", "ratings"
     candidates = sorted(
@@ -88,7 +109,7 @@ def find_interactions_file(input_path: Path, fmt: str) -> tuple[Path, str]:
     for p in candidates:
         try:
             by_format[sniff_format(p)].append(p)
-        except (BadInputError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # not a candidate (BadInputError is a ValueError)
             continue
     order = [fmt] if fmt != "auto" else ["sequence", "ratings"]
     for f in order:
@@ -128,8 +149,11 @@ def _convert_ratings(path: Path, out, bad: BadLineCounter, progress: tqdm) -> tu
             except ValueError:
                 bad.bad(path, line_no, "Rating must be a number", text)
                 continue
-            if rating != rating or ts < 0:  # NaN rating or negative timestamp
-                bad.bad(path, line_no, "Rating is NaN or Timestamp is negative", text)
+            if not math.isfinite(rating):
+                bad.bad(path, line_no, "Rating is NaN or infinite", text)
+                continue
+            if not 0 <= ts < 2**63 or not 0 <= user < 2**63 or not 0 <= item < 2**63:
+                bad.bad(path, line_no, "UserID, MovieID and Timestamp must be in [0, 2^63)", text)
                 continue
             out.write(f"{user}\t{item}\t{parts[2]}\t{ts}\n")
             users.add(user)

@@ -30,30 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataset_prep.common import remove_stale_temporaries
+
 RESUME_SUFFIX = ".resume"
 _ORIGINAL: dict[str, Any] = {}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete ``.<name>.tmp-<pid>`` files in ``folder`` whose process is gone; return them."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed.append(tmp)
-    return removed
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike, **kwargs: Any) -> None:

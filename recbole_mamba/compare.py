@@ -328,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
                out / "results.png", title)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
-    return 0 if any("error" not in r for r in records) else 1
+    failed = [r for r in records if "error" in r]
+    if failed:
+        print(f"compare: {len(failed)} of {len(records)} run(s) failed (see the table and each run's log)",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

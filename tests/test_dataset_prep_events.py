@@ -116,7 +116,9 @@ def test_keeper_matches_a_full_sort(seed):
     ("1\t2\t3\t4\t5\n1\t2\t3\t4\tabc\n", 2, "non-integer value"),
     ("1\t2\t3\t4\t5\n1\t2\t3\t4\t-6\n", 2, "negative id or timestamp"),
     ("1\t2\t3\t4\t5\n\n1\t2\t3\t4\t6\n", 2, "empty line"),
-    ("1\t2\t3\t4\t5\r\n1\t2\t3\t4\t6\r\n", 1, "carriage return"),
+    ("1\t2\t3\t4\t5\n1\t2\r\t3\t4\t6\n", 2, "carriage return inside a line"),
+    ("1\t2\t3\t4\t5\n1\t2\t3\t4\t99999999999999999999\n", 2, "beyond the int64 range"),
+    ("1\t2\t3\t4\t5\n1\x00\t2\t3\t4\t6\n", 2, "NUL bytes"),
     ("1\t2\t3\t4\t5\nuser\tartist\talbum\ttrack\tts\n", 2, "header line in the middle"),
     ("1\t2\t3\t4\t5\n1\t2\t3\t4\t6", 2, "truncated last line"),
 ])
@@ -162,7 +164,7 @@ def test_block_size_changes_nothing(tmp_path, block_bytes):
 
 def test_skip_counts_every_kind(tmp_path):
     src = tmp_path / "events.txt"
-    src.write_bytes(b"1\t2\t3\t4\t5\n\n1\t2\n1\t2\t3\t4\tx\r\n2\t2\t3\t4\t7\n2\t9\t9\t9")
+    src.write_bytes(b"1\t2\t3\t4\t5\n\n1\t2\n1\t2\t3\r\t4\t6\n2\t2\t3\t4\t7\n2\t9\t9\t9")
     out = tmp_path / "out" / "lfm"
     summary = lfm1b.convert_events([src], lambda p: lfm1b.layout(), out, None, 10, "last", None,
                                    "skip", False, False, "test")
@@ -170,6 +172,20 @@ def test_skip_counts_every_kind(tmp_path):
     assert "bad lines skipped: 4" in summary.skipped
     for reason in ("empty line", "expected 5 columns", "carriage return", "truncated"):
         assert reason in summary.skipped
+
+
+def test_crlf_line_ends_give_the_same_dataset(tmp_path):
+    """RFC 4180 CSV ends lines with CRLF: read as LF, on the fast and the line-by-line path."""
+    plain = generate(tmp_path / "ev.txt", "lfm1b", rows=5_000, users=40, items=300, seed=3, progress=False)
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(plain.read_bytes().replace(b"\n", b"\r\n"))
+    outs = []
+    for src, block in ((plain, 1 << 20), (crlf, 1 << 20), (crlf, 4096)):
+        out = tmp_path / f"o-{src.stem}-{block}" / "lfm"
+        lfm1b.convert_events([src], lambda p: lfm1b.layout(), out, None, 20, "last", None,
+                             "error", False, False, "test", block_bytes=block)
+        outs.append((out / "lfm.inter").read_bytes())
+    assert outs[0] == outs[1] == outs[2]
 
 
 def test_compressed_inputs_read_directly(tmp_path):
