@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -63,11 +64,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         get_model(args.model)
     except ValueError as exc:
         sys.exit(str(exc))
-    from recbole_mamba.config_check import ConfigError
-
     try:
         config = check_dataset_files(args.model, args.dataset, config_file_list)
-    except ConfigError as exc:
+    except ValueError as exc:  # ConfigError, and RecBole's own checks of its config
         sys.exit(f"run_recbole.py: config error: {exc}")
     config_dict, resumed_best = {}, None
     if args.resume:
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                      f"run of {args.model} to continue (a run that ended deletes its resume state)")
         try:
             resumed_best = load_resume_state(state_file)["saved_model_file"]
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, pickle.UnpicklingError) as exc:
             sys.exit(f"--resume: {exc}")
         print(f"resuming from {state_file}")
         config_dict["resume_from"] = str(state_file)

@@ -62,6 +62,8 @@ def header_of(path: Path, delimiter: str) -> list[str]:
     raw, stream = _open_stream(path)
     with raw, stream:
         head = _read_header_line(stream, path)
+    if b"\0" in head:
+        raise ValueError(f"{path}:1: the header line holds NUL bytes: a binary file, not a CSV log")
     try:
         line = head.decode("utf-8-sig").rstrip("\r")
     except UnicodeDecodeError:

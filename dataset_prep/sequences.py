@@ -32,6 +32,7 @@ from dataset_prep.common import (
     BadInputError,
     BadLineCounter,
     ConversionSummary,
+    InputFileError,
     atomic_outputs,
     open_text,
     run_cli,
@@ -40,12 +41,28 @@ from dataset_prep.common import (
 HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
 
 
+def _decoded(f: IO[str], path: Path) -> Iterator[str]:
+    """The lines of ``f``; a line that is not in the file's encoding raises
+    :class:`~dataset_prep.common.InputFileError` with its line number."""
+    line_no = 0
+    while True:
+        try:
+            line = f.readline()
+        except UnicodeDecodeError as exc:
+            raise InputFileError(f"{path}:{line_no + 1}: not {exc.encoding} text ({exc.reason}); "
+                                 "a binary file, or a different encoding?") from None
+        if not line:
+            return
+        line_no += 1
+        yield line
+
+
 def numbered_lines(f: IO[str], path: Path, bad: BadLineCounter, progress: tqdm | None = None
                    ) -> Iterator[tuple[int, str]]:
     """Yield ``(line_no, text)`` without the line ending (LF or CRLF) and without a UTF-8 BOM on
     the first line; flags empty lines and a truncated last line (no newline)."""
     pending = 0
-    for line_no, line in enumerate(f, start=1):
+    for line_no, line in enumerate(_decoded(f, path), start=1):
         pending += len(line)
         if progress is not None and pending > 1 << 20:
             progress.update(pending)

@@ -79,8 +79,8 @@ def load_model(checkpoint: str | os.PathLike, device: str = "cpu"):
         ckpt = load_recbole_checkpoint(path, map_location=device)
     except pickle.UnpicklingError as exc:
         raise RecommendError(str(exc)) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise RecommendError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
+    except ValueError as exc:  # safe_load.CheckpointError: not a readable checkpoint
+        raise RecommendError(str(exc)) from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
         raise RecommendError(f"{path} is not a RecBole checkpoint (no config/state_dict)")
     config = ckpt["config"]

@@ -141,6 +141,22 @@ def _update_internal_config_dict(self: Config, file: str) -> dict | None:
     return result
 
 
+def _default_neg_sampling_off_for_ce(self: Config) -> None:
+    """RecBole's ``overall.yaml`` draws one negative per training row, and its own check then
+    refuses every sequential model trained with CE (SASRec, GRU4Rec, BERT4Rec, ... by default) unless
+    ``--train_neg_sample_args=None`` is given. When the user did not set
+    ``train_neg_sample_args``, a CE sequential model gets ``None`` (what CE needs); a value the
+    user gave is kept, and RecBole's check still refuses it."""
+    from recbole.utils import ModelType
+
+    final = self.final_config_dict
+    given = ("train_neg_sample_args" in self.file_config_dict or "train_neg_sample_args" in self.variable_config_dict
+             or "train_neg_sample_args" in self.cmd_config_dict)
+    if (not given and final.get("loss_type") == "CE"
+            and getattr(self.model_class, "type", None) == ModelType.SEQUENTIAL):
+        final["train_neg_sample_args"] = None
+
+
 def _set_default_parameters(self: Config) -> None:
     """``Config._set_default_parameters`` that also knows our losses.
 
@@ -149,6 +165,7 @@ def _set_default_parameters(self: Config) -> None:
     gBCE draw their own shared negatives, so they are point-wise and, like CE, need
     ``train_neg_sample_args: None`` (RecBole's negatives would be fed to them as positives).
     """
+    _default_neg_sampling_off_for_ce(self)
     _ORIGINAL_SET_DEFAULTS(self)
     from recbole_mamba.baselines import CAUSAL_BASELINES
     from recbole_mamba.models.losses import SHARED_NEGATIVE_LOSSES

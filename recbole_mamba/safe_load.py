@@ -116,6 +116,10 @@ def _is_recbole_data_class(module: str, name: str) -> bool:
     return isinstance(obj, type)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint (truncated, empty, another format)."""
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """``pickle`` unpickler that imports only allow-listed globals and calls only value
     constructors (see the module docstring). ``what`` is ``"checkpoint"`` or ``"cache"``; ``source``
@@ -236,7 +240,13 @@ def load_recbole_checkpoint(path: str | os.PathLike, map_location: Any = None) -
     class _Module(_RestrictedPickleModule):
         Unpickler = _Named
 
-    return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_Module())
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_Module())
+    except (pickle.UnpicklingError, FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:  # truncated, empty or foreign file: torch's errors name neither
+        raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {exc}); "
+                              "is it a complete .pth written by RecBole?") from None
 
 
 def load_recbole_cache(file: Any) -> Any:
@@ -256,5 +266,5 @@ class PickleForRecBoleData:
         return load_recbole_cache(file)
 
 
-__all__ = ["RestrictedUnpickler", "load_recbole_checkpoint", "load_recbole_cache", "allow_class",
+__all__ = ["CheckpointError", "RestrictedUnpickler", "load_recbole_checkpoint", "load_recbole_cache", "allow_class",
            "PickleForRecBoleData"]
