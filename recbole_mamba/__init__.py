@@ -26,10 +26,11 @@ from recbole_mamba import registry  # noqa: E402
 
 registry.register()
 
-from recbole_mamba import checkpoints, config_check  # noqa: E402
+from recbole_mamba import checkpoints, config_check, data_check  # noqa: E402
 
 checkpoints.install()
 config_check.install()
+data_check.install()
 
 from recbole_mamba.models import MambaRec, MLSA4Rec, MoEMaTrRec  # noqa: E402
 

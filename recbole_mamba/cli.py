@@ -60,19 +60,17 @@ def resolve_dataset(model: str, dataset: str, config_files: list[str], config: d
 
     Runs that happen in other working directories (Ray trials, comparison runs) must not depend on
     a relative ``data_path``: the result's ``data_path`` is the absolute folder to add to their
-    config. Raises ``ValueError`` with the command that creates the atomic files when they are
-    missing (RecBole would try to download). Also returns the resolved ``valid_metric``
+    config. A dataset RecBole hosts is downloaded when missing; otherwise ``ValueError`` with the
+    command that creates the atomic files. Also returns the resolved ``valid_metric``
     (lower-case) and ``eval_step``.
     """
     from recbole.config import Config
 
-    from recbole_mamba.data_check import missing_dataset_message
+    from recbole_mamba.data_check import ensure_dataset
 
     with recbole_sees_no_flags():
         resolved = Config(model=model, dataset=dataset, config_file_list=config_files or None,
                           config_dict=dict(config))
-    message = missing_dataset_message(dataset, resolved["data_path"])
-    if message:
-        raise ValueError(message)
+    ensure_dataset(dataset, resolved["data_path"], resolved["dataset_url"])  # DatasetUnavailable: a ValueError
     data_path = None if dataset == "ml-100k" else str(Path(resolved["data_path"]).resolve().parent)
     return ResolvedDataset(data_path, str(resolved["valid_metric"]).lower(), resolved["eval_step"])
