@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import os
 import statistics
 import subprocess
@@ -126,12 +127,19 @@ def run_all(models: list[str], seeds: list[int], dataset: str, config_files: lis
         echo(f"{label}: running (log: {run_dir / 'run.log'})")
         start = time.time()
         with open(run_dir / "run.log", "w") as log:
-            try:
-                proc = subprocess.run([sys.executable, "-m", "recbole_mamba.compare", "--child", str(spec_file)],
-                                      stdout=log, stderr=subprocess.STDOUT, env=child_env(), timeout=timeout)
-                code = proc.returncode
-            except subprocess.TimeoutExpired:
-                code = "timeout"
+            proc = subprocess.Popen([sys.executable, "-m", "recbole_mamba.compare", "--child", str(spec_file)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=child_env())
+            progress = _Progress(run_dir / "run.log", label, echo)
+            code = None
+            while code is None:
+                try:
+                    code = proc.wait(timeout=2.0)
+                except subprocess.TimeoutExpired:
+                    if timeout is not None and time.time() - start > timeout:
+                        proc.kill()
+                        proc.wait()
+                        code = "timeout"
+                progress.update()
         if result_file.is_file():
             record = json.loads(result_file.read_text())
             echo(f"{label}: finished in {record['run_s']:.0f} s, test {_brief(record['test'])}")
@@ -143,6 +151,40 @@ def run_all(models: list[str], seeds: list[int], dataset: str, config_files: lis
             echo(f"{label}: FAILED: {reason}")
         records.append(record)
     return records
+
+
+class _Progress:
+    """Echoes a run's progress from its RecBole log: each finished epoch with its validation score."""
+
+    _EPOCHS = re.compile(r"^\s*epochs = (\d+)", re.M)
+    _TRAIN = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s, train loss: ([\d.naif-]+)\]")
+    _VALID = re.compile(r"epoch (\d+) evaluating \[time: [\d.]+s, valid_score: ([\d.naif-]+)\]")
+
+    def __init__(self, log: Path, label: str, echo) -> None:
+        self.log, self.label, self.echo = log, label, echo
+        self.total: str = "?"
+        self.shown = -1
+
+    def update(self) -> None:
+        try:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))
+        except OSError:
+            return
+        if self.total == "?":
+            m = self._EPOCHS.search(text)
+            self.total = m.group(1) if m else "?"
+        trains = {int(e): (secs, loss) for e, secs, loss in self._TRAIN.findall(text)}
+        valid = {int(e): v for e, v in self._VALID.findall(text)}
+        # an epoch is reported once its validation is logged (or, unvalidated, once the next starts)
+        done = [e for e in trains if e in valid or e + 1 in trains]
+        if not done or max(done) <= self.shown:
+            return
+        epoch = max(done)
+        secs, loss = trains[epoch]
+        score = f", valid score {valid[epoch]}" if epoch in valid else ""
+        self.echo(f"{self.label}: epoch {epoch + 1}/{self.total} trained in {float(secs):.0f} s, "
+                  f"train loss {loss}{score}")
+        self.shown = epoch
 
 
 def _brief(metrics: dict) -> str:
