@@ -101,7 +101,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "repeatable": BOOL,
     # our models, losses and training modes
     "hidden_size": int_at_least(1),
-    "num_layers": int_at_least(1),
+    "num_layers": int_at_least(0),  # MLSA4Rec: 0 = its interaction layer only
     "d_state": int_at_least(1),
     "d_conv": int_at_least(1),
     "expand": int_at_least(1),

@@ -68,6 +68,21 @@ def test_top_k_in_original_tokens_and_history_excluded(trained, tmp_path):
     assert not list(tmp_path.glob(".recs.csv.*"))  # no temporary file left behind
 
 
+def test_topk_above_the_unseen_items_lists_only_unseen_items(trained, tmp_path):
+    """--topk larger than the catalogue with --exclude-history: every unseen item once, no seen
+    item, no [PAD], no -inf score."""
+    _, ckpt, model, dataset = trained
+    (user,) = some_users(dataset, 1)
+    out = tmp_path / "all.csv"
+    assert recommend.main(["--checkpoint", ckpt, "--users", user, "--topk", str(dataset.item_num + 50),
+                           "--exclude-history", "--out", str(out)]) == 0
+    recs = [r["item_id"] for r in read_csv(out)]
+    item_tokens = set(dataset.field2id_token[dataset.iid_field][1:].tolist())
+    assert set(recs) == item_tokens - original_history(dataset, user)
+    assert len(recs) == len(set(recs))
+    assert all(float(r["score"]) > float("-inf") for r in read_csv(out))
+
+
 def test_without_exclusion_matches_recboles_full_sort(trained):
     _, _, model, dataset = trained
     rec = recommend.Recommender(model, dataset)
