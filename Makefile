@@ -5,13 +5,18 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # torch 2.13.0 CPU is what the project is tested with; set TORCH= to use what the index resolves.
 TORCH ?= torch==2.13.0
+# Where torch comes from: PyTorch's CPU wheel index on a machine without nvidia-smi (plain PyPI
+# gives the CUDA build on Linux, ~6.6 GB with its nvidia packages); PyPI's default build where a
+# GPU is present. TORCH_INDEX= (empty) always uses PyPI; TORCH_INDEX=https://download.pytorch.org/whl/cu128 a CUDA build.
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --retries 1 --timeout 20,)
 
 .PHONY: venv demo test bench-scan bench-prep ml-1m clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
-	$(PIP) install "$(TORCH)"
+	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH)"
 	$(PIP) install --no-deps "recbole==1.2.1"
 	$(PIP) install -e ".[dev]"
 	touch $@
