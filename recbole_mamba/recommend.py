@@ -278,6 +278,28 @@ def _write_rows(rows: list[list], out: str | None) -> None:
             writer.writerows(rows)
 
 
+def pick_checkpoint(given: list[str] | str) -> str:
+    """The checkpoint among ``given``: one path, a glob pattern (quoted, or expanded by the shell
+    into several paths): the newest ``.pth`` that matches (named on stderr when there were several)."""
+    import glob
+
+    given = [given] if isinstance(given, str) else list(given)
+    found: list[str] = []
+    for item in given:
+        found += sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+    found = [f for f in dict.fromkeys(found) if not f.endswith(".resume")]
+    if not found:
+        raise RecommendError(f"--checkpoint {' '.join(given)}: no file matches; train with run_recbole.py first")
+    if len(found) == 1:
+        return found[0]
+    missing = [f for f in found if not os.path.isfile(f)]
+    if missing:
+        raise RecommendError(f"--checkpoint: {missing[0]} does not exist")
+    newest = max(found, key=os.path.getmtime)
+    print(f"recommend: {len(found)} checkpoints given, using the newest: {newest}", file=sys.stderr)
+    return newest
+
+
 def _check_device(device: str) -> None:
     """A torch device this machine has, else a RecommendError that says what it has."""
     try:
@@ -312,7 +334,7 @@ def run(args: argparse.Namespace) -> tuple[list[list], SkipCounter]:
     events = read_events(args.events) if args.events else []
     if not user_tokens and not events:
         raise RecommendError("nothing to do: give --users and/or --events")
-    _, model, dataset = load_model(args.checkpoint, args.device)
+    _, model, dataset = load_model(pick_checkpoint(args.checkpoint), args.device)
     rec = Recommender(model, dataset, exclude_history=args.exclude_history)
     skipped = SkipCounter()
 
@@ -364,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m recbole_mamba.recommend",
         description="Top-k recommendations from a RecBole checkpoint, updated event by event.",
     )
-    parser.add_argument("--checkpoint", required=True, help="a RecBole .pth file (saved/<Model>-<date>.pth)")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="a RecBole .pth file (saved/<Model>-<date>.pth); with a glob (saved/MambaRec-*.pth) "
+                             "or several files, the newest")
     parser.add_argument("--users", default="", help="comma-separated user ids (original tokens)")
     parser.add_argument("--topk", type=int, default=10, help="items per recommendation list (default 10)")
     parser.add_argument("--exclude-history", action="store_true",

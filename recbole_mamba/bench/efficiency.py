@@ -226,24 +226,21 @@ def plot(rows: list[dict], path: Path, device: str, batch: int) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        spec = json.loads(argv[1])
-        print(json.dumps(_child(spec["model"], spec["length"], spec["batch"], spec["steps"], spec["device"],
-                                spec.get("memory_limit_gib"))))
-        return 0
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line."""
     p = argparse.ArgumentParser(prog="python -m recbole_mamba.bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="SASRec,MambaRec,MLSA4Rec,MoEMaTrRec")
-    p.add_argument("--lengths", default="200,500,1000,2000,5000")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--models", default="SASRec,MambaRec,MLSA4Rec,MoEMaTrRec",
+                   help="comma-separated model names (ours or RecBole's); the first is the baseline of the ratios")
+    p.add_argument("--lengths", default="200,500,1000,2000,5000",
+                   help="comma-separated sequence lengths L (MAX_ITEM_LIST_LENGTH) to measure")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per training step and inference pass")
     p.add_argument("--steps", type=int, default=5,
                    help="timed steps (and inference passes) after two warm-up steps; the median is reported")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every (model, length) this many times, round by round, and report medians "
                         "(ratios per round first): steadier figures on a machine shared with other work")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     p.add_argument("--memory-limit-gib", type=float, default=16.0,
                    help="CPU: address space each child may map beyond its built model, so that a model that does not fit fails "
                         "cleanly as OOM instead of swapping the machine (0: none)")
@@ -251,6 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for efficiency.csv, efficiency.md, efficiency.png")
     p.add_argument("--replot", action="store_true",
                    help="redraw efficiency.md and efficiency.png from the --out folder's efficiency.csv")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        spec = json.loads(argv[1])
+        print(json.dumps(_child(spec["model"], spec["length"], spec["batch"], spec["steps"], spec["device"],
+                                spec.get("memory_limit_gib"))))
+        return 0
+    p = build_parser()
     args = p.parse_args(argv)
     if args.replot:
         if not args.out or not (Path(args.out) / "efficiency.csv").is_file():
