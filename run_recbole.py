@@ -84,11 +84,19 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"resuming from {state_file}")
         config_dict["resume_from"] = str(state_file)
     start = time.time()
-    result = run(
-        args.model, args.dataset, config_file_list=config_file_list, config_dict=config_dict or None,
-        nproc=args.nproc,
-        world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
-    )
+    try:
+        result = run(
+            args.model, args.dataset, config_file_list=config_file_list, config_dict=config_dict or None,
+            nproc=args.nproc,
+            world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
+        )
+    except Exception as exc:  # a failed rank under --nproc: its error's last line, not the child's traceback
+        import torch.multiprocessing as mp
+
+        if args.nproc > 1 and isinstance(exc, mp.ProcessRaisedException):
+            last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
+            sys.exit(f"run_recbole.py: a process of --nproc={args.nproc} failed: {last}")
+        raise
     checkpoint = _new_checkpoint(config["checkpoint_dir"], args.model, start - 1) or resumed_best
     if checkpoint:
         print(f"checkpoint: {checkpoint}")

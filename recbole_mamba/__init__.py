@@ -26,9 +26,10 @@ from recbole_mamba import registry  # noqa: E402
 
 registry.register()
 
-from recbole_mamba import checkpoints, config_check, data_check  # noqa: E402
+from recbole_mamba import checkpoints, config_check, data_check, distributed  # noqa: E402
 
 checkpoints.install()
+distributed.install()
 config_check.install()
 data_check.install()
 

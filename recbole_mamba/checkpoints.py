@@ -76,9 +76,17 @@ def _is_writer(trainer: Any) -> bool:
     return trainer.config["single_spec"] or trainer.config["local_rank"] == 0
 
 
+def _distributed(trainer: Any) -> bool:
+    return not trainer.config["single_spec"] and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _save_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
-    """RecBole's ``Trainer._save_checkpoint`` (same content) written atomically."""
+    """RecBole's ``Trainer._save_checkpoint`` (same content) written atomically. Under DDP, rank 0
+    writes and every rank waits for the file (all ranks save at the same epochs: their validation
+    results are reduced across ranks), so no rank reads a best model that is not there yet."""
     if not _is_writer(self):
+        if _distributed(self):
+            torch.distributed.barrier()
         return
     saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
     state = {
@@ -95,6 +103,8 @@ def _save_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwargs: Any)
         from recbole.utils import set_color
 
         self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+    if _distributed(self):
+        torch.distributed.barrier()
 
 
 def _rng_state(train_data: Any) -> dict:
@@ -177,6 +187,10 @@ def _fit(self: Any, train_data: Any, valid_data: Any = None, verbose: bool = Tru
          show_progress: bool = False, callback_fn: Any = None) -> Any:
     """RecBole's ``Trainer.fit`` that resumes from ``config['resume_from']`` and writes the resume
     state after each evaluated epoch."""
+    if _distributed(self):  # one file name for all ranks: rank 0's (names hold the second they were made)
+        names = [str(self.saved_model_file)]
+        torch.distributed.broadcast_object_list(names, src=0)
+        self.saved_model_file = names[0]
     resume_from = self.config["resume_from"] if "resume_from" in self.config else None
     if resume_from:
         _restore(self, resume_from, train_data)

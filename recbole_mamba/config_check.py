@@ -153,7 +153,7 @@ def known_keys() -> frozenset[str]:
         "model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device",
         "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset", "gpu_id",
         "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args", "data_path",
-        "checkpoint_dir", "resume_from", "dataset_url", "log_wandb", "wandb_project", "shuffle", "benchmark_filename",
+        "checkpoint_dir", "resume_from", "dataset_url", "dist_backend", "dist_timeout", "log_wandb", "wandb_project", "shuffle", "benchmark_filename",
         "neg_sampling", "eval_setting", "valid_metric", "state", "n_negatives", "ss_sampling",
         "ss_in_batch", "ss_logq", "gbce_t", "train_batch_unit", "train_windows", "train_mode",
     })

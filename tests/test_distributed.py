@@ -1,0 +1,69 @@
+"""RecBole's distributed training on CPU (gloo): ``run_recbole.py --nproc=2`` for our model in
+all-position mode and for RecBole's SASRec; the checkpoint loads in one process; a busy port is
+one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recbole_mamba.safe_load import load_recbole_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SMALL = ["--dataset=ml-100k", "--epochs=1", "--nproc=2", "--show_progress=False", "--hidden_size=16",
+         "--MAX_ITEM_LIST_LENGTH=20", "--checkpoint_dir=saved", "--results=r.json", "--log_wandb=False"]
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "run_recbole.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("model,extra", [("MambaRec", ["--d_state=8", "--train_mode=all_positions"]),
+                                         ("SASRec", ["--n_layers=1", "--inner_size=32"])])
+def test_two_process_gloo_training_saves_one_loadable_checkpoint(tmp_path, model, extra):
+    proc = _run(tmp_path, f"--model={model}", *SMALL, *extra, f"--port={_free_port()}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ckpt,) = (tmp_path / "saved").glob(f"{model}-*.pth")
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["checkpoint"] == str(ckpt.resolve()) or Path(result["checkpoint"]).name == ckpt.name
+    assert 0 < result["test_result"]["ndcg@10"] <= result["test_result"]["hit@10"]
+    state = load_recbole_checkpoint(ckpt)
+    assert not any(k.startswith("module.") for k in state["state_dict"])  # plain model, not the DDP wrapper
+    assert state["config"]["world_size"] == 2
+    # rank 0 alone wrote a log
+    logs = list((tmp_path / "log" / model).glob("*.log"))
+    assert sum("epoch 0 training" in p.read_text() for p in logs) == 1
+
+
+def test_busy_port_is_one_line(tmp_path):
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        proc = _run(tmp_path, "--model=SASRec", *SMALL, f"--port={port}", "--ip=127.0.0.1")
+    finally:
+        holder.close()
+    assert proc.returncode != 0
+    assert f"--port {port}: the port on 127.0.0.1 is in use" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("run_recbole.py: a process of --nproc=2 failed")
