@@ -11,14 +11,20 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 try:
-    import recbole  # noqa: F401
+    import recbole
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "recbole_mamba needs recbole 1.2.1, installed without its pins: "
         "`pip install --no-deps recbole==1.2.1` (see README, 'Why --no-deps')"
     ) from exc
 
-from recbole_mamba import compat
+if getattr(recbole, "__version__", None) != "1.2.1":  # pragma: no cover - depends on the install
+    raise ImportError(
+        f"recbole_mamba patches recbole 1.2.1 (docs/recbole-patches.md lists each change); found recbole "
+        f"{getattr(recbole, '__version__', 'unknown')}. Install it with `pip install --no-deps recbole==1.2.1`."
+    )
+
+from recbole_mamba import compat  # noqa: E402
 
 compat.apply()
 

@@ -85,9 +85,10 @@ def reject_all_positions(cls: type) -> type:
     def __init__(self, config, dataset):
         if train_mode_of(config) == "all_positions":
             raise ValueError(
-                f"{cls.__name__} is not causal (its output at position t sees later positions), so "
-                f"train_mode: all_positions would train it on its own targets. Use train_mode: augment "
-                f"(RecBole's default) or one of {', '.join(CAUSAL_BASELINES)}."
+                f"{cls.__name__} does not support train_mode: all_positions (it has no causal output at "
+                f"every position: it encodes a sequence into one vector, or position t sees later "
+                f"positions). Use train_mode: augment (RecBole's default), or one of "
+                f"{', '.join(CAUSAL_BASELINES)} and our models for all-position training."
             )
         original_init(self, config, dataset)
 

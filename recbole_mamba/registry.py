@@ -225,9 +225,14 @@ def register() -> None:
     for name in CAUSAL_BASELINES:
         enable_all_positions(getattr(seq_models, name))
         register_dataset(name, LazySequentialDataset)
-    for name in ("BERT4Rec", "LightSANs", "Caser", "NARM", "STAMP", "NextItNet", "SRGNN", "GCSAN"):
-        if hasattr(seq_models, name):
-            reject_all_positions(getattr(seq_models, name))
+    from recbole.model.abstract_recommender import SequentialRecommender
+
+    # every other RecBole sequential model (BERT4Rec, LightSANs, NARM, ... ~30) refuses
+    # train_mode: all_positions rather than silently training on RecBole's augmented rows
+    for name, obj in vars(seq_models).items():
+        if (isinstance(obj, type) and issubclass(obj, SequentialRecommender) and obj is not SequentialRecommender
+                and name not in CAUSAL_BASELINES and obj.__module__.startswith("recbole.model.")):
+            reject_all_positions(obj)
     for name, module in list(sys.modules.items()):
         if name.startswith("recbole.") or name == "recbole":
             if getattr(module, "get_model", None) is _ORIGINAL_GET_MODEL:

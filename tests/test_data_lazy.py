@@ -163,13 +163,15 @@ def test_sasrec_baseline_all_positions(in_tmp):
     assert "gather_indexes" not in vars(model)  # the instance patch is removed again
 
 
-def test_non_causal_baseline_rejects_all_positions(in_tmp):
-    from recbole.model.sequential_recommender import LightSANs
+@pytest.mark.parametrize("name", ["LightSANs", "NARM", "STAMP", "Caser", "FPMC", "SINE", "CORE"])
+def test_non_causal_baseline_rejects_all_positions(in_tmp, name):
+    """Every RecBole sequential model but SASRec and GRU4Rec refuses all-position training."""
+    import recbole.model.sequential_recommender as seq
 
-    config = _config(in_tmp, model="LightSANs", train_mode="all_positions", train_neg_sample_args=None)
+    config = _config(in_tmp, model=name, train_mode="all_positions", train_neg_sample_args=None)
     dataset = create_dataset(config)
-    with pytest.raises(ValueError, match="LightSANs is not causal"):
-        LightSANs(config, dataset)
+    with pytest.raises(ValueError, match=f"{name} does not support train_mode: all_positions"):
+        getattr(seq, name)(config, dataset)
 
 
 def _train_steps(config) -> tuple[int, int]:
