@@ -204,6 +204,10 @@ def _load_data_and_model(model_file: str) -> tuple:
     # ``Config.compatibility_settings``, run by every ``Config(...)``) were never set in a fresh
     # process, and its NDCG metric (``np.float``) crashed the first evaluation after loading.
     config.compatibility_settings()
+    if not config["single_spec"]:  # written by rank 0 of a DDP run: load and evaluate in one process
+        config["single_spec"] = True
+        config["local_rank"] = 0
+        config["world_size"] = 1
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     log = logging.getLogger()

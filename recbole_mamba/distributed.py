@@ -7,6 +7,8 @@ process. After :func:`install` (run by ``import recbole_mamba``):
 * the backend is NCCL when the run uses CUDA (as in RecBole) and gloo otherwise; ``dist_backend``
   in the config overrides the choice;
 * on CPU, DDP wraps the model without ``device_ids`` (what torch requires for CPU modules);
+* evaluation is exact: every rank ranks every validation / test user (RecBole's sharded
+  evaluation pads ranks with repeated users and averages per-rank metrics);
 * a busy port, a rank that never joins (``dist_timeout`` seconds, default 300) and more processes
   than GPUs give one-line errors instead of NCCL tracebacks.
 
@@ -86,9 +88,31 @@ def _trainer_init(self: Any, config: Any, model: Any) -> None:
     self.distributed_model = DistributedDataParallel(self.model)
 
 
+def _unsharded(original_init: Any) -> Any:
+    """An evaluation dataloader's ``__init__`` that never shards: each rank ranks every user.
+
+    RecBole shards evaluation with ``DistributedSampler``, which pads the ranks with repeated
+    users, then averages per-rank metrics weighted by those padded counts, so its validation and
+    test metrics under DDP are not those of the model. Unsharded, every rank computes the exact
+    metrics (RecBole's reduction of equal values returns them unchanged); evaluation costs each
+    rank what it costs one process, a small share of an epoch."""
+
+    def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        spec = config["single_spec"]
+        config.final_config_dict["single_spec"] = True
+        try:
+            original_init(self, config, *args, **kwargs)
+        finally:
+            config.final_config_dict["single_spec"] = spec
+
+    return __init__
+
+
 def install() -> None:
-    """Patch RecBole's ``Config._init_device`` and ``AbstractTrainer.__init__`` (idempotent)."""
+    """Patch RecBole's ``Config._init_device``, ``AbstractTrainer.__init__`` and its evaluation
+    dataloaders (idempotent)."""
     from recbole.config.configurator import Config
+    from recbole.data.dataloader.general_dataloader import FullSortEvalDataLoader, NegSampleEvalDataLoader
     from recbole.trainer.trainer import AbstractTrainer
 
     if "init_device" in _ORIGINAL:
@@ -97,6 +121,9 @@ def install() -> None:
     _ORIGINAL["trainer_init"] = AbstractTrainer.__init__
     Config._init_device = _init_device
     AbstractTrainer.__init__ = _trainer_init
+    for cls in (FullSortEvalDataLoader, NegSampleEvalDataLoader):
+        _ORIGINAL[f"{cls.__name__}.__init__"] = cls.__init__
+        cls.__init__ = _unsharded(cls.__init__)
 
 
 __all__ = ["install", "DistributedSetupError"]
