@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
+import json
 import importlib.util
 import os
 import signal
@@ -198,34 +200,73 @@ def test_the_table_is_large_and_ids_unique():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
+# Runs every case in one fresh process, outside pytest's output capture (which swaps
+# sys.stderr under a call now and then): each CLI's main(argv) in the case's folder, its stderr
+# read from a StringIO, SystemExit caught.
+DRIVER = """
+import contextlib, io, json, os, sys
+sys.path.insert(0, os.environ["REPO"])
+sys.path.insert(0, os.path.join(os.environ["REPO"], "tests"))
+import test_bad_inputs as t
+spec_file, out_file = sys.argv[1], sys.argv[2]
+spec = json.load(open(spec_file))
+out = {}
+for item in spec:
+    case = next(c for c in t.CASES if c.id == item["id"])
+    os.chdir(item["dir"])
+    sys.argv = [case.tool, *item["args"]]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = (t._run_recbole_main() if case.tool == "run_recbole" else t.TOOLS[case.tool])(item["args"])
+        except SystemExit as exc:
+            code = exc.code
+    text = err.getvalue()
+    if case.tool == "run_recbole":
+        text = str(code) + text
+        code = 1 if code not in (0, None) else 0
+    out[case.id] = {"code": code if isinstance(code, int) else 1, "text": text}
+json.dump(out, open(out_file, "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """{case id: (exit code, stderr, files before)} for every case, from one driver process."""
+    root = tmp_path_factory.mktemp("bad")
+    spec, before = [], {}
+    for case in CASES:
+        if case.needs_no_cuda and torch.cuda.is_available():
+            continue
+        d = root / case.id
+        d.mkdir()
+        for name, data in case.files.items():
+            path = d / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        before[case.id] = {p for p in d.rglob("*")}
+        spec.append({"id": case.id, "dir": str(d), "args": [a.replace("{tmp}", str(d)) for a in case.args]})
+    (root / "spec.json").write_text(json.dumps(spec))
+    (root / "driver.py").write_text(DRIVER)
+    env = {**os.environ, "REPO": str(ROOT), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(root / "driver.py"), str(root / "spec.json"), str(root / "out.json")],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((root / "out.json").read_text())
+    return {k: (v["code"], v["text"], before[k], root / k) for k, v in results.items()}
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, tmp_path, monkeypatch, capsys):
+def test_bad_input(case: Case, outcomes):
     if case.needs_no_cuda and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    monkeypatch.chdir(tmp_path)
-    for name, data in case.files.items():
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    before = {p for p in tmp_path.rglob("*")}
-    args = [a.replace("{tmp}", str(tmp_path)) for a in case.args]
-    if case.tool == "run_recbole":
-        monkeypatch.setattr(sys, "argv", ["run_recbole.py", *args])
-        with pytest.raises(SystemExit) as exit_info:
-            _run_recbole_main()(args)
-        code, text = exit_info.value.code, str(exit_info.value.code)
-        text += capsys.readouterr().err
-        assert code not in (0, None)
-    else:
-        monkeypatch.setattr(sys, "argv", [case.tool, *args])
-        code = TOOLS[case.tool](args)
-        text = capsys.readouterr().err
-        assert code != 0
-    expected = case.message.replace("{tmp}", str(tmp_path))
+    code, text, before, folder = outcomes[case.id]
+    assert code != 0
+    expected = case.message.replace("{tmp}", str(folder))
     assert expected in text, text
     assert "Traceback" not in text
     # nothing written: no new file anywhere (empty folders aside), no temporaries
-    created = [p for p in tmp_path.rglob("*") if p not in before and p.is_file()
+    created = [p for p in folder.rglob("*") if p not in before and p.is_file()
                and "log" not in p.parts and not p.name.endswith(".log")]
     assert created == [], created
 
