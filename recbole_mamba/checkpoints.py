@@ -215,7 +215,6 @@ def install() -> None:
     if "fit" in _ORIGINAL:
         return
     _ORIGINAL["fit"] = Trainer.fit
-    _ORIGINAL["save"] = Trainer._save_checkpoint
     Trainer.fit = _fit
     Trainer._save_checkpoint = _save_checkpoint
 

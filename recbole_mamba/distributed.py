@@ -122,7 +122,6 @@ def install() -> None:
     Config._init_device = _init_device
     AbstractTrainer.__init__ = _trainer_init
     for cls in (FullSortEvalDataLoader, NegSampleEvalDataLoader):
-        _ORIGINAL[f"{cls.__name__}.__init__"] = cls.__init__
         cls.__init__ = _unsharded(cls.__init__)
 
 

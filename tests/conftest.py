@@ -90,3 +90,25 @@ def tiny_dataset(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("dataset"))
     cfg = Config(model="MambaRec", dataset="ml-100k", config_dict=tiny_config(tmp_path_factory.mktemp("cfg")))
     return create_dataset(cfg)
+
+
+def unused_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound, read, released)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run_recbole_main():
+    """``main`` of the repository's ``run_recbole.py`` script, loaded as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("run_recbole_script", Path(__file__).resolve().parents[1] / "run_recbole.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main

@@ -11,7 +11,6 @@ import bz2
 import gzip
 import io
 import json
-import importlib.util
 import os
 import signal
 import subprocess
@@ -26,6 +25,8 @@ import torch
 
 from dataset_prep import kuairand, lfm1b, movielens, sequences
 from recbole_mamba import compare, recommend
+
+from conftest import run_recbole_main
 
 ROOT = Path(__file__).resolve().parents[1]
 KUAI_HEADER = ("user_id,video_id,date,hourmin,time_ms,is_click,is_like,is_follow,is_comment,is_forward,"
@@ -44,13 +45,6 @@ def kuai_file(*rows: str) -> bytes:
 GOOD_KUAI = [kuai_row(0, v, 1651314030792 + v) for v in range(1, 6)]
 GOOD_ML = b"1::1193::5::978300760\n1::661::3::978302109\n1::914::3::978301968\n"
 GOOD_LFM = b"".join(f"1\t{a}\t{a}\t{a}\t{1000 + a}\n".encode() for a in range(1, 6))
-
-
-def _run_recbole_main():
-    spec = importlib.util.spec_from_file_location("run_recbole_script", ROOT / "run_recbole.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
 
 
 @dataclass
@@ -218,7 +212,7 @@ for item in spec:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            code = (t._run_recbole_main() if case.tool == "run_recbole" else t.TOOLS[case.tool])(item["args"])
+            code = (t.run_recbole_main() if case.tool == "run_recbole" else t.TOOLS[case.tool])(item["args"])
         except SystemExit as exc:
             code = exc.code
     text = err.getvalue()

@@ -16,19 +16,13 @@ import torch
 
 from recbole_mamba.safe_load import load_recbole_checkpoint
 
+from conftest import unused_port
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 SMALL = ["--dataset=ml-100k", "--epochs=1", "--nproc=2", "--show_progress=False", "--hidden_size=16",
          "--MAX_ITEM_LIST_LENGTH=20", "--checkpoint_dir=saved", "--results=r.json", "--log_wandb=False"]
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -42,7 +36,7 @@ def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                                                        "--user_inter_num_interval=[20,60]", "--metric_decimal_place=8"]),
                                          ("SASRec", ["--n_layers=1", "--inner_size=32"])])
 def test_two_process_gloo_training_saves_one_loadable_checkpoint(tmp_path, model, extra):
-    proc = _run(tmp_path, f"--model={model}", *SMALL, *extra, f"--port={_free_port()}")
+    proc = _run(tmp_path, f"--model={model}", *SMALL, *extra, f"--port={unused_port()}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (ckpt,) = (tmp_path / "saved").glob(f"{model}-*.pth")
     result = json.loads((tmp_path / "r.json").read_text())

@@ -5,8 +5,6 @@ nothing behind and says what to do offline."""
 from __future__ import annotations
 
 import http.server
-import importlib.util
-import socket
 import sys
 import threading
 import zipfile
@@ -17,9 +15,8 @@ import recbole
 
 from recbole_mamba.data_check import DatasetUnavailable, ensure_dataset
 
-from conftest import tiny_config
+from conftest import run_recbole_main, tiny_config, unused_port
 
-ROOT = Path(__file__).resolve().parents[1]
 ML100K = Path(recbole.__file__).resolve().parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
 
 
@@ -46,14 +43,6 @@ def server(tmp_path_factory):
     httpd.shutdown()
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_download_then_present(server, tmp_path):
     target = tmp_path / "dataset" / "mini"
     ensure_dataset("mini", str(target), f"{server}/mini.zip")
@@ -65,7 +54,7 @@ def test_download_then_present(server, tmp_path):
 
 @pytest.mark.parametrize("what", ["server down", "not a zip"])
 def test_failed_download_leaves_nothing_and_says_what_to_do(server, tmp_path, what):
-    url = f"http://127.0.0.1:{_closed_port()}/ml-1m.zip" if what == "server down" else f"{server}/broken.zip"
+    url = f"http://127.0.0.1:{unused_port()}/ml-1m.zip" if what == "server down" else f"{server}/broken.zip"
     target = tmp_path / "dataset" / "ml-1m"
     with pytest.raises(DatasetUnavailable) as err:
         ensure_dataset("ml-1m", str(target), url)
@@ -99,16 +88,13 @@ def test_python_api_offline_message(in_tmp):
     from recbole.data import create_dataset
 
     cfg = Config(model="MambaRec", dataset="mini", config_dict=tiny_config(
-        in_tmp, data_path=str(in_tmp / "dataset"), dataset_url=f"http://127.0.0.1:{_closed_port()}/mini.zip"))
+        in_tmp, data_path=str(in_tmp / "dataset"), dataset_url=f"http://127.0.0.1:{unused_port()}/mini.zip"))
     with pytest.raises(DatasetUnavailable, match="download from .* failed"):
         create_dataset(cfg)
     assert not (in_tmp / "dataset" / "mini").exists()
 
 
 def test_cli_downloads_and_trains(server, in_tmp, monkeypatch):
-    spec = importlib.util.spec_from_file_location("run_recbole_script", ROOT / "run_recbole.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     (in_tmp / "mini.yaml").write_text("load_col:\n  inter: [user_id, item_id, timestamp]\n")
     args = ["--model=MambaRec", "--dataset=mini", f"--data_path={in_tmp / 'dataset'}",
             f"--config_files={in_tmp / 'mini.yaml'}",
@@ -116,6 +102,6 @@ def test_cli_downloads_and_trains(server, in_tmp, monkeypatch):
             "--MAX_ITEM_LIST_LENGTH=10", f"--checkpoint_dir={in_tmp / 'saved'}", "--show_progress=False",
             "--user_inter_num_interval=[5,inf)"]
     monkeypatch.setattr(sys, "argv", ["run_recbole.py", *args])
-    result = mod.main(args)
+    result = run_recbole_main()(args)
     assert result["test_result"]["ndcg@10"] >= 0
     assert (in_tmp / "dataset" / "mini" / "mini.inter").is_file()
