@@ -164,6 +164,24 @@ class LazySequentialDataset(SequentialDataset):
         rows = self._windows(self.inter_feat[index])
         return self.join(rows) if join else rows
 
+    def seen_items(self, rows: Interaction) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every item of each row's whole history (all its user's interactions before its target,
+        not only the L-window the model reads), as ``(row, item)`` index tensors of equal length
+        (``sum`` of the rows' history lengths): ``scores[row, item]`` addresses each seen item
+        of a ``(len(rows), n_items)`` score matrix. Falls back to the rows' ``item_id_list``
+        windows for RecBole's precomputed-list files (``benchmark_filename``)."""
+        if not self._lazy:
+            items = rows[self.item_id_list_field]
+            row, col = torch.nonzero(items, as_tuple=True)
+            return row, items[row, col]
+        end = rows[SEQ_END_FIELD].numpy()
+        first = self._user_first[end]
+        lengths = torch.from_numpy(end - first)
+        row = torch.repeat_interleave(torch.arange(len(end)), lengths)
+        offsets = torch.arange(len(row)) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        pos = torch.repeat_interleave(torch.from_numpy(first), lengths) + offsets
+        return row, self._flat[self.iid_field][pos]
+
     def history_lists(self, index) -> Interaction:
         """The rows at ``index`` with their ``<field>_list`` windows (what a batch holds)."""
         return self.__getitem__(index, join=False)
