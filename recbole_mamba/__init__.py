@@ -32,13 +32,13 @@ from recbole_mamba import registry  # noqa: E402
 
 registry.register()
 
-from recbole_mamba import checkpoints, config_check, data_check, distributed, eval_filter  # noqa: E402
+from recbole_mamba import checkpoints, config_check, data_check, distributed, evaluation  # noqa: E402
 
 checkpoints.install()
 distributed.install()
 config_check.install()
 data_check.install()
-eval_filter.install()
+evaluation.install()
 
 from recbole_mamba.models import MambaRec, MLSA4Rec, MoEMaTrRec  # noqa: E402
 

@@ -12,7 +12,7 @@ from recbole.utils import get_model, get_trainer, init_seed
 
 from conftest import tiny_config
 from recbole_mamba.config_check import ConfigError
-from recbole_mamba.eval_filter import seen_items
+from recbole_mamba.evaluation import seen_items
 
 
 def _full_histories(config_dict: dict) -> dict[tuple[int, int], set[int]]:
