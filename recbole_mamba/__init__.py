@@ -32,13 +32,14 @@ from recbole_mamba import registry  # noqa: E402
 
 registry.register()
 
-from recbole_mamba import checkpoints, config_check, data_check, distributed, evaluation  # noqa: E402
+from recbole_mamba import checkpoints, config_check, data_check, distributed, evaluation, optim  # noqa: E402
 
 checkpoints.install()
 distributed.install()
 config_check.install()
 data_check.install()
 evaluation.install()
+optim.install()
 
 from recbole_mamba.models import MambaRec, MLSA4Rec, MoEMaTrRec  # noqa: E402
 

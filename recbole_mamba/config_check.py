@@ -120,6 +120,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train_batch_unit": one_of("targets", "sequences"),
     "eval_filter_seen": BOOL,
     "eval_item_chunk": int_at_least(1),
+    "sparse_item_embedding": ((lambda v: v is True or v is False or v == "auto"), "True, False or auto"),
     "mamba_variant": one_of("attention", "block"),
     "mamba_backend": one_of("auto", "mamba_ssm", "triton", "cpu", "reference"),
 }
@@ -158,7 +159,7 @@ def known_keys() -> frozenset[str]:
         "checkpoint_dir", "resume_from", "dataset_url", "dist_backend", "dist_timeout", "log_wandb", "wandb_project", "shuffle", "benchmark_filename",
         "neg_sampling", "eval_setting", "valid_metric", "state", "n_negatives", "ss_sampling",
         "ss_in_batch", "ss_logq", "gbce_t", "train_batch_unit", "train_windows", "train_mode",
-        "eval_filter_seen", "eval_item_chunk",
+        "eval_filter_seen", "eval_item_chunk", "sparse_item_embedding",
     })
     return frozenset(keys)
 

@@ -73,18 +73,23 @@ def test_temporaries_of_dead_processes_are_removed(tmp_path):
     assert live.exists() and not stale.exists()
 
 
+SPARSE = ["--loss_type=SS", "--n_negatives=64", "--sparse_item_embedding=True"]  # SparseAdam + Adam
+
+
 @pytest.mark.slow
-def test_kill_during_checkpoint_write_then_resume_gives_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("extra", [[], SPARSE], ids=["dense", "sparse-embedding"])
+def test_kill_during_checkpoint_write_then_resume_gives_the_uninterrupted_result(tmp_path, extra):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir()
     killed.mkdir()
-    ref = _run(whole, *FLAGS, "--results=r.json")
+    flags = [*FLAGS, *extra]
+    ref = _run(whole, *flags, "--results=r.json")
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert not list((whole / "saved").glob("*.resume"))  # a finished run leaves no resume state
 
     # epoch 0 writes the best model and the resume state (2 fsyncs each: file, folder); the 5th
     # fsync is the first write of epoch 1
-    dead = _run(killed, *FLAGS, "--results=r.json", kill_at=5)
+    dead = _run(killed, *flags, "--results=r.json", kill_at=5)
     assert dead.returncode == -signal.SIGKILL, dead.stderr[-3000:]
     saved = killed / "saved"
     (best,) = saved.glob("MambaRec-*.pth")
@@ -93,7 +98,7 @@ def test_kill_during_checkpoint_write_then_resume_gives_the_uninterrupted_result
     temporaries = list(saved.glob(".*.tmp-*"))
     assert len(temporaries) == 1 and temporaries[0].stat().st_size > 0  # killed mid-write
 
-    resumed = _run(killed, *FLAGS, "--results=r.json", "--resume")
+    resumed = _run(killed, *flags, "--results=r.json", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "training continues at epoch 1" in resumed.stderr
     assert not list(saved.glob(".*.tmp-*")) and not list(saved.glob("*.resume"))

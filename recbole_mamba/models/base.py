@@ -15,7 +15,13 @@ from torch import nn
 from recbole_mamba.data import train_mode_of
 from recbole_mamba.layers import Dropout, Mamba
 from recbole_mamba.models.all_positions import all_positions_loss
-from recbole_mamba.models.losses import PAIRWISE_LOSSES, SHARED_NEGATIVE_LOSSES, RecLoss, train_target_counts
+from recbole_mamba.models.losses import (
+    PAIRWISE_LOSSES,
+    SHARED_NEGATIVE_LOSSES,
+    RecLoss,
+    sparse_embedding_wanted,
+    train_target_counts,
+)
 from recbole_mamba.models.state import UserState
 
 
@@ -33,7 +39,10 @@ class MambaSequentialBase(SequentialRecommender):
         self.hidden_size = int(config["hidden_size"])
         self.loss_type = config["loss_type"]
         counts = train_target_counts(dataset) if self.loss_type in SHARED_NEGATIVE_LOSSES else None
-        self.rec_loss = RecLoss(self.loss_type, self.n_items, config, counts, owner=type(self).__name__)
+        #: built with sparse=True (see recbole_mamba.models.losses.sparse_embedding_wanted)
+        self.sparse_item_embedding = sparse_embedding_wanted(config, self.n_items, self.loss_type, type(self).__name__)
+        self.rec_loss = RecLoss(self.loss_type, self.n_items, config, counts, owner=type(self).__name__,
+                                sparse=self.sparse_item_embedding)
         self.train_mode = train_mode_of(config)
         if (self.loss_type in PAIRWISE_LOSSES and self.train_mode == "augment"
                 and config["train_neg_sample_args"] is None):
@@ -42,7 +51,8 @@ class MambaSequentialBase(SequentialRecommender):
                 "per sequence; set train_neg_sample_args: {distribution: uniform, sample_num: 1}"
             )
         self.mamba_backend = config["mamba_backend"] or "auto"
-        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0,
+                                           sparse=self.sparse_item_embedding)
 
     # ------------------------------------------------------------------ helpers
     def make_mamba(self, config) -> Mamba:

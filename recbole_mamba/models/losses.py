@@ -40,12 +40,32 @@ SHARED_NEGATIVE_LOSSES = ("SS", "gBCE")
 SS_SAMPLINGS = ("uniform", "popularity")
 
 DEFAULTS = {"n_negatives": 256, "ss_sampling": "uniform", "ss_in_batch": 0.0, "ss_logq": False,
-            "gbce_t": 0.75}
+            "gbce_t": 0.75, "sparse_item_embedding": "auto"}
+#: Losses that read only some rows of the item table per step (its gradient can be sparse).
+SPARSE_LOSSES = SHARED_NEGATIVE_LOSSES + PAIRWISE_LOSSES
+#: ``sparse_item_embedding: auto`` makes the item embedding sparse from this many items, with a
+#: loss of SPARSE_LOSSES (CE scores every item: its gradient is dense). Measured with
+#: ``python -m recbole_mamba.bench catalogue`` (docs/benchmarks.md).
+AUTO_SPARSE_MIN_ITEMS = 200_000
 
 
 def _get(config, key: str):
     value = config[key] if key in config else None  # a dict or RecBole's Config
     return DEFAULTS[key] if value is None else value
+
+
+def sparse_embedding_wanted(config, n_items: int, loss_type: str, owner: str = "model") -> bool:
+    """Whether the item embedding is built with ``sparse=True`` (its gradient then holds only the
+    rows a batch used, and :mod:`recbole_mamba.optim` updates it with ``SparseAdam``):
+    ``sparse_item_embedding`` True / False, or ``auto`` (the default): from
+    :data:`AUTO_SPARSE_MIN_ITEMS` items with a loss of :data:`SPARSE_LOSSES`."""
+    value = _get(config, "sparse_item_embedding")
+    if value == "auto":
+        return loss_type in SPARSE_LOSSES and n_items >= AUTO_SPARSE_MIN_ITEMS
+    if value is True and loss_type not in SPARSE_LOSSES:
+        raise ValueError(f"{owner}: sparse_item_embedding needs a sampled loss (loss_type {', '.join(SPARSE_LOSSES)}); "
+                         f"loss_type {loss_type} scores every item, so its gradient is dense")
+    return bool(value)
 
 
 class SharedNegativeSampler:
@@ -121,10 +141,15 @@ class RecLoss:
     """
 
     def __init__(self, loss_type: str, n_items: int, config=None,
-                 item_counts: np.ndarray | torch.Tensor | None = None, owner: str = "model") -> None:
+                 item_counts: np.ndarray | torch.Tensor | None = None, owner: str = "model",
+                 sparse: bool = False) -> None:
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"{owner}: loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
+        if sparse and loss_type not in SPARSE_LOSSES:
+            raise ValueError(f"{owner}: a sparse item embedding needs loss_type {', '.join(SPARSE_LOSSES)}")
         self.loss_type = loss_type
+        #: rows of the item table are read with F.embedding(sparse=True): a sparse gradient
+        self.sparse = sparse
         self.n_items = int(n_items)
         config = {} if config is None else config
         self.sampler = None
@@ -144,8 +169,8 @@ class RecLoss:
         if self.loss_type in PAIRWISE_LOSSES:
             if neg is None:
                 neg = uniform_negatives_except(targets, self.n_items)
-            pos_score = (hidden * weight[targets]).sum(-1)
-            neg_score = (hidden * weight[neg]).sum(-1)
+            pos_score = (hidden * self._rows(weight, targets)).sum(-1)
+            neg_score = (hidden * self._rows(weight, neg)).sum(-1)
             if self.loss_type == "BPR":  # RecBole's BPRLoss
                 return -torch.log(1e-10 + torch.sigmoid(pos_score - neg_score)).mean()
             return (F.binary_cross_entropy_with_logits(pos_score, torch.ones_like(pos_score))
@@ -153,11 +178,15 @@ class RecLoss:
         negatives = self.sampler.sample(targets)
         return self.shared_negative_loss(hidden, targets, weight, negatives)
 
+    def _rows(self, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """weight[ids], with a sparse gradient when the embedding is sparse."""
+        return F.embedding(ids, weight, sparse=self.sparse) if self.sparse else weight[ids]
+
     def shared_negative_loss(self, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
                              negatives: torch.Tensor) -> torch.Tensor:
         """SS or gBCE of hidden (P, D) against targets (P,) and shared ``negatives`` (K,)."""
-        pos_score = (hidden * weight[targets]).sum(-1)          # (P,)
-        neg_score = hidden @ weight[negatives].t()              # (P, K)
+        pos_score = (hidden * self._rows(weight, targets)).sum(-1)  # (P,)
+        neg_score = hidden @ self._rows(weight, negatives).t()      # (P, K)
         own = negatives.unsqueeze(0) == targets.unsqueeze(1)    # a target is never its own negative
         if self.loss_type == "SS":
             if self.logq:
