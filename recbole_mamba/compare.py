@@ -280,6 +280,7 @@ def write_plot(summary: list[dict], metric: str, path: Path, title: str) -> None
     if failed:
         ax.text(0.99, 0.02, "failed: " + ", ".join(failed), transform=ax.transAxes, ha="right",
                 va="bottom", fontsize=8, color="crimson")
+    ax.set_ylim(bottom=0)  # bar-free points: a zero baseline keeps the gaps in proportion
     ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)

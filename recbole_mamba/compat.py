@@ -37,6 +37,8 @@ use ``float_seq`` fields.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -283,6 +285,47 @@ def fix_ray_tune_report() -> None:
     qs_mod.tune = _TuneForRecBole()
 
 
+_ORIGINAL_INIT_LOGGER = None
+
+
+def _init_logger(config: Any) -> None:
+    """RecBole's ``init_logger``, then plain text on a console stream that is not a terminal."""
+    import logging
+    import sys
+
+    from recbole.utils.logger import RemoveColorFilter
+
+    _ORIGINAL_INIT_LOGGER(config)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is not logging.StreamHandler:  # FileHandler subclasses StreamHandler
+            continue
+        stream = getattr(handler, "stream", None) or sys.stderr
+        if os.environ.get("FORCE_COLOR") or (hasattr(stream, "isatty") and stream.isatty()):
+            continue
+        handler.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M"))
+        handler.addFilter(RemoveColorFilter())
+
+
+def fix_log_colours() -> None:
+    """No ANSI colour codes in RecBole's console log when it goes to a file or a pipe.
+
+    RecBole colours its console output (a ``colorlog`` formatter, and ``set_color`` inside the
+    messages: the config dump, each epoch's line) whatever the stream is; only its log file is
+    stripped. Redirected output (``run_recbole.py > run.log``, the retraining in ``run_hyper.py``,
+    CI logs) then holds raw escape codes. ``FORCE_COLOR`` keeps the colours."""
+    global _ORIGINAL_INIT_LOGGER
+    import recbole.utils
+    import recbole.utils.logger
+
+    if _ORIGINAL_INIT_LOGGER is None:
+        _ORIGINAL_INIT_LOGGER = recbole.utils.logger.init_logger
+    import recbole.quick_start.quick_start  # noqa: F401  (binds init_logger by name)
+
+    for name, module in list(sys.modules.items()):
+        if (name == "recbole" or name.startswith("recbole.")) and getattr(module, "init_logger", None) is _ORIGINAL_INIT_LOGGER:
+            module.init_logger = _init_logger
+
+
 # --------------------------------------------------------------------------- entry point
 def fix_global_anomaly_detection() -> None:
     """Undo ``torch.autograd.set_detect_anomaly(True)`` that RecBole's ``sine.py`` runs at import.
@@ -311,6 +354,7 @@ def apply() -> None:
     fix_torch_safe_load()
     fix_ray_tune_report()
     fix_global_anomaly_detection()
+    fix_log_colours()
     _APPLIED = True
 
 
@@ -322,6 +366,7 @@ __all__ = [
     "fix_torch_safe_load",
     "fix_ray_tune_report",
     "fix_global_anomaly_detection",
+    "fix_log_colours",
     "load_recbole_checkpoint",
     "RestrictedUnpickler",
 ]

@@ -87,3 +87,32 @@ def test_recbole_sine_anomaly_detection_switched_off():
     import recbole.model.sequential_recommender  # noqa: F401
 
     assert not torch.is_anomaly_enabled()
+
+
+
+def test_console_log_has_no_colour_codes_off_a_terminal(in_tmp):
+    """RecBole's console handler writes plain text when its stream is not a terminal (pytest's
+    capture here; a file or a pipe, or a Ray worker's forwarded output, in use)."""
+    import logging
+
+    from recbole.config import Config
+    from recbole.utils import init_logger, set_color
+
+    from conftest import tiny_config
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()  # RecBole's basicConfig adds its handlers only to a bare root logger
+    try:
+        init_logger(Config(model="MambaRec", dataset="ml-100k", config_dict=tiny_config(in_tmp)))
+        (handler,) = [h for h in root.handlers if type(h) is logging.StreamHandler]
+        buf = io.StringIO()
+        handler.setStream(buf)
+        root.info(set_color("epoch 1", "green") + " done")
+    finally:
+        for h in root.handlers:
+            if h not in saved:
+                h.close()
+        root.handlers[:] = saved
+    assert "epoch 1 done" in buf.getvalue()
+    assert "\x1b" not in buf.getvalue()

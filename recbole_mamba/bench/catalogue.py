@@ -1,0 +1,203 @@
+"""Large catalogues: a training step and full-ranking top-k at 50k against 5M items.
+
+    python -m recbole_mamba.bench.catalogue --items 50000 5000000 --model MambaRec
+
+For each catalogue size a real RecBole dataset is written and loaded (an ``.item`` file listing
+every item, so RecBole's ``item_num`` is the catalogue size, and an ``.inter`` file of Zipf-
+distributed events), and the model is built through RecBole's ``Config`` with ``loss_type: SS``
+(``--negatives`` shared negatives), all positions, ``MAX_ITEM_LIST_LENGTH`` ``--length``. In a
+fresh child process per (size, embedding) it times ``--steps`` training steps (RecBole's
+``calculate_loss``, backward, and the optimizer RecBole's ``Trainer`` builds: Adam, or SparseAdam
+for a sparse item embedding beside Adam) on batches of ``--batch`` windows of Zipf items, then
+the top ``--topk`` over the whole catalogue for ``--eval-users`` users (the trainer's chunked
+path, :func:`recbole_mamba.ops.topk.chunked_topk`). It reports the peak RSS of the process and
+the RSS the ranking adds above the trained model, and the ratios 5M / 50k and sparse / dense.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recbole_mamba.bench.proc import child_env, status_bytes
+
+
+def zipf_items(rng: np.random.Generator, n: int, n_items: int, a: float = 1.1) -> np.ndarray:
+    """``n`` item ids in ``1..n_items`` with a Zipf-like popularity (rank r has weight ~ r^-a),
+    scattered over the id space by a multiplicative hash, so popular items are not all low ids."""
+    ranks = np.minimum(rng.zipf(a, n), n_items) - 1
+    return (ranks * 2_654_435_761 % n_items + 1).astype(np.int64)
+
+
+def write_dataset(folder: Path, n_items: int, users: int, events: int, seed: int = 0) -> str:
+    """Atomic files ``<folder>/<name>/<name>.{inter,item}``; returns the dataset name."""
+    name = f"catalogue{n_items}"
+    out = folder / name
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    user = np.repeat(np.arange(1, users + 1), events)
+    item = zipf_items(rng, users * events, n_items)
+    ts = np.tile(np.arange(events), users)
+    with open(out / f"{name}.inter", "w") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        np.savetxt(f, np.stack([user, item, ts], 1), fmt="%d", delimiter="\t")
+    with open(out / f"{name}.item", "w") as f:
+        f.write("item_id:token\n")
+        np.savetxt(f, np.arange(1, n_items + 1), fmt="%d")
+    return name
+
+
+def _clear_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def run_child(args: dict) -> dict:
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset
+    from recbole.data.interaction import Interaction
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    import recbole_mamba  # noqa: F401
+    from recbole_mamba.evaluation import dot_product_vectors
+    from recbole_mamba.ops.topk import chunk_for, chunked_topk
+
+    torch.set_num_threads(args["threads"])
+    config = Config(model=args["model"], dataset=args["dataset"], config_dict={
+        "data_path": args["data_path"], "loss_type": "SS", "n_negatives": args["negatives"],
+        "train_neg_sample_args": None, "train_mode": "all_positions", "MAX_ITEM_LIST_LENGTH": args["length"],
+        "sparse_item_embedding": args["sparse"], "hidden_size": args["hidden"], "show_progress": False,
+        "log_wandb": False, "seed": 2024, "checkpoint_dir": args["data_path"],
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]},
+        "user_inter_num_interval": None, "item_inter_num_interval": None,
+    })
+    init_seed(config["seed"], config["reproducibility"])
+    t0 = time.perf_counter()
+    dataset = create_dataset(config)
+    load_s = time.perf_counter() - t0
+    model = get_model(config["model"])(config, dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    optimizer = trainer.optimizer
+    rng = np.random.default_rng(1)
+    B, L = args["batch"], args["length"]
+
+    def batch() -> Interaction:
+        return Interaction({
+            model.ITEM_SEQ: torch.from_numpy(zipf_items(rng, B * L, dataset.item_num - 1).reshape(B, L)),
+            model.ITEM_SEQ_LEN: torch.full((B,), L, dtype=torch.long),
+            model.POS_ITEM_ID: torch.from_numpy(zipf_items(rng, B, dataset.item_num - 1)),
+        })
+
+    model.train()
+    times = []
+    for step in range(args["steps"] + 2):  # two warm-up steps
+        data = batch()
+        t = time.perf_counter()
+        optimizer.zero_grad()
+        model.calculate_loss(data).backward()
+        optimizer.step()
+        if step >= 2:
+            times.append(time.perf_counter() - t)
+    train_peak = status_bytes("VmHWM")
+
+    model.eval()
+    if not args["eval_users"]:
+        return {"items": dataset.item_num, "sparse": model.sparse_item_embedding, "load_s": load_s,
+                "optimizer": type(optimizer).__name__, "step_s": float(np.median(times)),
+                "train_peak_rss": train_peak, "rank_s": float("nan"), "rank_added_rss": 0}
+    before = status_bytes("VmRSS")
+    _clear_peak()
+    users, k, eval_batch = args["eval_users"], args["topk"], args["eval_batch"]
+    t = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, users, eval_batch):
+            n = min(eval_batch, users - start)
+            rows = Interaction({model.ITEM_SEQ: torch.from_numpy(zipf_items(rng, n * L, dataset.item_num - 1).reshape(n, L)),
+                                model.ITEM_SEQ_LEN: torch.full((n,), L, dtype=torch.long)})
+            query, items = dot_product_vectors(model, rows)
+            chunked_topk(query, items, k, chunk_for(n), exclude_items=torch.zeros(1, dtype=torch.long))
+    rank_s = time.perf_counter() - t
+    return {"items": dataset.item_num, "sparse": model.sparse_item_embedding, "load_s": load_s,
+            "optimizer": type(optimizer).__name__, "step_s": float(np.median(times)),
+            "train_peak_rss": train_peak, "rank_s": rank_s,
+            "rank_added_rss": max(0, status_bytes("VmHWM") - before)}
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m recbole_mamba.bench.catalogue", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="MambaRec")
+    p.add_argument("--items", type=int, nargs="+", default=[50_000, 5_000_000], help="catalogue sizes (first: baseline)")
+    p.add_argument("--sparse", nargs="+", default=["False", "True"], help="sparse_item_embedding values to run")
+    p.add_argument("--users", type=int, default=2_000, help="users in the written dataset")
+    p.add_argument("--events", type=int, default=50, help="events per user in the written dataset")
+    p.add_argument("--length", type=int, default=200, help="MAX_ITEM_LIST_LENGTH and batch window length")
+    p.add_argument("--batch", type=int, default=16, help="windows per training step")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--negatives", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="timed training steps (median reported)")
+    p.add_argument("--eval-users", type=int, default=25_001, help="users ranked over the whole catalogue (0: no ranking)")
+    p.add_argument("--eval-batch", type=int, default=4096)
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir", help="where to write the datasets (default: a temporary folder)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print("RESULT " + json.dumps(run_child(json.loads(a.child))), flush=True)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="recbole-mamba-catalogue-") as tmp:
+        folder = Path(a.data_dir or tmp)
+        results = []
+        for n_items in a.items:
+            print(f"writing a dataset of {a.users:,} users x {a.events} events over {n_items:,} items", file=sys.stderr)
+            name = write_dataset(folder, n_items, a.users, a.events)
+            for sparse in a.sparse:
+                args = {"model": a.model, "dataset": name, "data_path": str(folder), "sparse": sparse == "True",
+                        "length": a.length, "batch": a.batch, "hidden": a.hidden, "negatives": a.negatives,
+                        "steps": a.steps, "eval_users": a.eval_users, "eval_batch": a.eval_batch, "topk": a.topk,
+                        "threads": a.threads}
+                proc = subprocess.run([sys.executable, "-m", "recbole_mamba.bench.catalogue", "--child", json.dumps(args)],
+                                      env=child_env(), cwd=str(folder), capture_output=True, text=True)
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode != 0 or not line:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    results.append(None)
+                    continue
+                r = json.loads(line[0][7:])
+                results.append(r)
+                print(f"{n_items:>10,} items  sparse={sparse:<5}  {r['optimizer']:<17} step {r['step_s']:.3f} s  "
+                      f"peak RSS {_gib(r['train_peak_rss'])}  top-{a.topk} of {a.eval_users:,} users "
+                      f"{r['rank_s']:.1f} s (+{_gib(r['rank_added_rss'])})", flush=True)
+    ok = [r for r in results if r]
+    base = {r["sparse"]: r for r in ok if r["items"] == ok[0]["items"]} if ok else {}
+    print(f"\n| items | embedding | optimizer | step s | step / {ok[0]['items'] - 1:,} items | peak RSS | "
+          f"top-{a.topk} of {a.eval_users:,} users s | RSS added by ranking |" if ok else "no results")
+    if ok:
+        print("|---|---|---|---|---|---|---|---|")
+    for r in ok:
+        ratio = r["step_s"] / base[r["sparse"]]["step_s"] if r["sparse"] in base else float("nan")
+        print(f"| {r['items'] - 1:,} | {'sparse' if r['sparse'] else 'dense'} | {r['optimizer']} | {r['step_s']:.3f} | "
+              f"{ratio:.2f}x | {_gib(r['train_peak_rss'])} | {r['rank_s']:.1f} | {_gib(r['rank_added_rss'])} |")
+    return 0 if len(ok) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
