@@ -119,6 +119,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train_windows": one_of("all", "last"),
     "train_batch_unit": one_of("targets", "sequences"),
     "eval_filter_seen": BOOL,
+    "train_exclude_seen": BOOL,
     "eval_item_chunk": int_at_least(1),
     "sparse_item_embedding": ((lambda v: v is True or v is False or v == "auto"), "True, False or auto"),
     "mamba_variant": one_of("attention", "block"),
@@ -159,7 +160,7 @@ def known_keys() -> frozenset[str]:
         "checkpoint_dir", "resume_from", "dataset_url", "dist_backend", "dist_timeout", "log_wandb", "wandb_project", "shuffle", "benchmark_filename",
         "neg_sampling", "eval_setting", "valid_metric", "state", "n_negatives", "ss_sampling",
         "ss_in_batch", "ss_logq", "gbce_t", "train_batch_unit", "train_windows", "train_mode",
-        "eval_filter_seen", "eval_item_chunk", "sparse_item_embedding",
+        "eval_filter_seen", "eval_item_chunk", "sparse_item_embedding", "train_exclude_seen",
     })
     return frozenset(keys)
 

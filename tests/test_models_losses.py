@@ -191,3 +191,104 @@ def test_bad_loss_options_rejected(config, match):
 def test_unknown_loss_type_names_the_choices():
     with pytest.raises(ValueError, match=r"MambaRec: loss_type must be one of CE, BPR, BCE, SS, gBCE, got 'XYZ'"):
         RecLoss("XYZ", N_ITEMS, owner="MambaRec")
+
+
+# ----------------------------------------------------------------------------- train_exclude_seen
+def test_seen_pairs_are_causal():
+    """Position t of a window has seen items 0..t of it, never a later one; padding is skipped."""
+    from recbole_mamba.models.losses import seen_pairs
+
+    seq = torch.tensor([[3, 5, 7, 0], [2, 8, 9, 4]])
+    positions = torch.full_like(seq, -1)
+    positions[seq > 0] = torch.arange(7)
+    rows, items = seen_pairs(seq, positions)
+    got = {(int(r), int(i)) for r, i in zip(rows, items)}
+    want = {(0, 3), (1, 3), (1, 5), (2, 3), (2, 5), (2, 7),
+            (3, 2), (4, 2), (4, 8), (5, 2), (5, 8), (5, 9), (6, 2), (6, 8), (6, 9), (6, 4)}
+    assert got == want
+
+
+def _seen_inputs():
+    hidden, weight, targets = _inputs()
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randint(0, len(targets), (30,), generator=g)
+    items = torch.randint(1, N_ITEMS, (30,), generator=g)
+    items[0] = targets[rows[0]]  # a seen item equal to the position's target stays its class
+    return hidden, weight, targets, (rows, items)
+
+
+def test_ce_without_seen_items_equals_masked_softmax():
+    hidden, weight, targets, (rows, items) = _seen_inputs()
+    loss = RecLoss("CE", N_ITEMS, {"train_exclude_seen": True})(hidden, targets, weight, seen=(rows, items))
+    logits = (hidden @ weight.t()).detach().clone()
+    for r, i in zip(rows.tolist(), items.tolist()):
+        if i != int(targets[r]):
+            logits[r, i] = -math.inf
+    want = F.cross_entropy(logits, targets)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.detach(), want, rtol=0, atol=1e-12)
+
+
+def test_ss_without_seen_items_equals_plain_form():
+    hidden, weight, targets, (rows, items) = _seen_inputs()
+    loss = RecLoss("SS", N_ITEMS, {"n_negatives": 16, "train_exclude_seen": True})
+    negatives = loss.sampler.sample(targets)
+    got = loss.shared_negative_loss(hidden, targets, weight, negatives, (rows, items))
+    terms = []
+    for p, (h, t) in enumerate(zip(hidden, targets)):
+        excluded = {int(i) for r, i in zip(rows, items) if int(r) == p and int(i) != int(t)}
+        scores = [h @ weight[t]] + [h @ weight[n] for n in negatives if int(n) != int(t) and int(n) not in excluded]
+        scores = torch.stack(scores)
+        terms.append(torch.logsumexp(scores, 0) - scores[0])
+    torch.testing.assert_close(got, torch.stack(terms).mean(), rtol=0, atol=1e-12)
+
+
+def test_exclude_seen_refuses_pairwise_losses():
+    with pytest.raises(ValueError, match="train_exclude_seen applies to loss_type CE, SS and gBCE, not BPR"):
+        RecLoss("BPR", N_ITEMS, {"train_exclude_seen": True}, owner="MambaRec")
+
+
+@pytest.mark.parametrize("train_mode", ["all_positions", "augment"])
+def test_model_loss_leaves_out_what_each_position_has_seen(in_tmp, train_mode):
+    """MambaRec's loss with train_exclude_seen equals CE over each position's unseen items,
+    computed by hand from the model's own outputs."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    from conftest import tiny_config
+    from recbole_mamba.models.all_positions import all_positions_targets
+
+    cfg = tiny_config(in_tmp, train_mode=train_mode, train_exclude_seen=True, dropout_prob=0.0)
+    config = Config(model="MambaRec", dataset="ml-100k", config_dict=cfg)
+    init_seed(config["seed"], config["reproducibility"])
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model("MambaRec")(config, train._dataset).eval()
+    batch = next(iter(train))
+    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    with torch.no_grad():
+        got = model.calculate_loss(batch)
+        weight = model.item_embedding.weight
+        if train_mode == "all_positions":
+            hidden = model.encode(seq, lengths)
+            targets, real = all_positions_targets(seq, lengths, batch[model.POS_ITEM_ID])
+            points = [(b, t) for b in range(len(seq)) for t in range(seq.shape[1]) if real[b, t]]
+        else:
+            hidden = model.forward(seq, lengths).unsqueeze(1)
+            targets = batch[model.POS_ITEM_ID].unsqueeze(1)
+            points = [(b, 0) for b in range(len(seq))]
+        terms = []
+        for b, t in points:
+            last = t if train_mode == "all_positions" else int(lengths[b]) - 1
+            logits = hidden[b, t] @ weight.t()
+            for i in seq[b, :last + 1].tolist():
+                if i != int(targets[b, t]):
+                    logits[i] = -math.inf
+            terms.append(torch.logsumexp(logits, 0) - logits[targets[b, t]])
+        want = torch.stack(terms).mean()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    config["train_exclude_seen"] = False
+    plain = get_model("MambaRec")(config, train._dataset).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert plain.calculate_loss(batch) > got  # seen items were competing classes before

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from recbole_mamba.models.losses import seen_pairs
+
 
 def all_positions_targets(item_seq: torch.Tensor, item_seq_len: torch.Tensor,
                           pos_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,4 +41,9 @@ def all_positions_loss(model, interaction, encode: Callable[[torch.Tensor, torch
         raise RuntimeError(f"{type(model).__name__}: all-position training needs (batch, L, D) outputs, "
                            f"got shape {tuple(hidden.shape)}")
     targets, real = all_positions_targets(item_seq, item_seq_len, interaction[model.POS_ITEM_ID])
-    return model.rec_loss(hidden[real], targets[real], model.item_embedding.weight)
+    seen = None
+    if getattr(model.rec_loss, "exclude_seen", False):
+        positions = torch.full_like(item_seq, -1)
+        positions[real] = torch.arange(int(real.sum()), device=item_seq.device)
+        seen = seen_pairs(item_seq, positions)
+    return model.rec_loss(hidden[real], targets[real], model.item_embedding.weight, seen=seen)

@@ -40,7 +40,8 @@ SHARED_NEGATIVE_LOSSES = ("SS", "gBCE")
 SS_SAMPLINGS = ("uniform", "popularity")
 
 DEFAULTS = {"n_negatives": 256, "ss_sampling": "uniform", "ss_in_batch": 0.0, "ss_logq": False,
-            "gbce_t": 0.75, "sparse_item_embedding": "auto"}
+            "gbce_t": 0.75, "sparse_item_embedding": "auto",
+            "train_exclude_seen": False}
 #: Losses that read only some rows of the item table per step (its gradient can be sparse).
 SPARSE_LOSSES = SHARED_NEGATIVE_LOSSES + PAIRWISE_LOSSES
 #: ``sparse_item_embedding: auto`` makes the item embedding sparse from this many items, with a
@@ -150,6 +151,10 @@ class RecLoss:
         self.loss_type = loss_type
         #: rows of the item table are read with F.embedding(sparse=True): a sparse gradient
         self.sparse = sparse
+        #: train_exclude_seen: the items a position has seen are not among its classes
+        self.exclude_seen = bool(_get(config if config is not None else {}, "train_exclude_seen"))
+        if self.exclude_seen and loss_type in PAIRWISE_LOSSES:
+            raise ValueError(f"{owner}: train_exclude_seen applies to loss_type CE, SS and gBCE, not {loss_type}")
         self.n_items = int(n_items)
         config = {} if config is None else config
         self.sampler = None
@@ -163,9 +168,18 @@ class RecLoss:
                 raise ValueError(f"{owner}: gbce_t must be in [0, 1], got {self.gbce_t}")
 
     def __call__(self, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                 neg: torch.Tensor | None = None) -> torch.Tensor:
+                 neg: torch.Tensor | None = None,
+                 seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``seen``: ``(position, item)`` pairs (two (E,) tensors) left out of that position's
+        classes (``train_exclude_seen``); CE, SS and gBCE only, a pair naming the position's own
+        target is ignored."""
+        if seen is not None:
+            seen = _without_targets(seen, targets)
         if self.loss_type == "CE":
-            return F.cross_entropy(hidden @ weight.t(), targets)
+            logits = hidden @ weight.t()
+            if seen is not None:
+                logits = logits.index_put(seen, torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device))
+            return F.cross_entropy(logits, targets)
         if self.loss_type in PAIRWISE_LOSSES:
             if neg is None:
                 neg = uniform_negatives_except(targets, self.n_items)
@@ -176,18 +190,24 @@ class RecLoss:
             return (F.binary_cross_entropy_with_logits(pos_score, torch.ones_like(pos_score))
                     + F.binary_cross_entropy_with_logits(neg_score, torch.zeros_like(neg_score)))
         negatives = self.sampler.sample(targets)
-        return self.shared_negative_loss(hidden, targets, weight, negatives)
+        return self.shared_negative_loss(hidden, targets, weight, negatives, seen)
 
     def _rows(self, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """weight[ids], with a sparse gradient when the embedding is sparse."""
         return F.embedding(ids, weight, sparse=self.sparse) if self.sparse else weight[ids]
 
     def shared_negative_loss(self, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                             negatives: torch.Tensor) -> torch.Tensor:
-        """SS or gBCE of hidden (P, D) against targets (P,) and shared ``negatives`` (K,)."""
+                             negatives: torch.Tensor,
+                             seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """SS or gBCE of hidden (P, D) against targets (P,) and shared ``negatives`` (K,);
+        ``seen`` (position, item) pairs are not negatives of their position."""
         pos_score = (hidden * self._rows(weight, targets)).sum(-1)  # (P,)
         neg_score = hidden @ self._rows(weight, negatives).t()      # (P, K)
         own = negatives.unsqueeze(0) == targets.unsqueeze(1)    # a target is never its own negative
+        if seen is not None and seen[0].numel():
+            n = self.n_items
+            keys = torch.arange(len(targets), device=targets.device).unsqueeze(1) * n + negatives.unsqueeze(0)
+            own = own | torch.isin(keys, seen[0] * n + seen[1])
         if self.loss_type == "SS":
             if self.logq:
                 neg_score = neg_score - (self.sampler.log_q.to(neg_score.device)[negatives]
@@ -200,6 +220,26 @@ class RecLoss:
         beta = alpha * (self.gbce_t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
         neg_term = F.logsigmoid(-neg_score).masked_fill(own, 0.0).sum(1)
         return (-(beta * F.logsigmoid(pos_score) + neg_term) / (1 + k)).mean()
+
+
+def _without_targets(seen: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, items = seen
+    keep = items != targets[rows]
+    return rows[keep], items[keep]
+
+
+def seen_pairs(item_seq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(position, item)`` pairs of the items a trained position has already seen.
+
+    ``item_seq`` (B, L) windows; ``positions`` (B, L) the index of each trained position in the
+    loss's (P,) rows, -1 where a position is not trained. Position t of row b has seen
+    ``item_seq[b, :t + 1]`` (its own input and those before it). Returns two (E,) tensors."""
+    length = item_seq.shape[1]
+    before = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).tril()  # [t, s]: s <= t
+    b, t, s = torch.nonzero((positions >= 0).unsqueeze(2) & before.unsqueeze(0) & (item_seq > 0).unsqueeze(1),
+                            as_tuple=True)
+    return positions[b, t], item_seq[b, s]
 
 
 def train_target_counts(dataset) -> np.ndarray | None:
