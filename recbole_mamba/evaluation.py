@@ -17,7 +17,8 @@ repeat consumption this makes repeats unrecommendable, as in the protocols above
 batch, and its collector an integer matrix of the same shape: 80 GB each for 4,096 users over 5M
 items. For models whose scores are dot products with the item embedding table (ours, SASRec,
 GRU4Rec) and metrics that read only the top-k lists (Hit, NDCG, MRR, Recall, Precision, MAP),
-the batch's top ``max(topk)`` items are computed ``eval_item_chunk`` items at a time
+the batch's users are encoded 2**17 positions (rows x L) at a time and its top ``max(topk)``
+items are computed ``eval_item_chunk`` items at a time
 (:func:`recbole_mamba.ops.topk.chunked_topk`) and handed to the collector as a
 :class:`TopKScores`, never a matrix larger than ``(users, chunk)``. ``eval_item_chunk`` unset
 (the default) chunks only when a batch's matrix would exceed 2**25 scores (128 MiB); below that,
@@ -71,9 +72,15 @@ class TopKScores:
         return self.values.shape[0]
 
 
-def dot_product_vectors(model: Any, interaction: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+#: positions (rows x L) encoded at once by the chunked path (activations ~1-4 KB per position)
+MAX_POSITIONS = 1 << 17
+
+
+def dot_product_vectors(model: Any, interaction: Any, max_positions: int = MAX_POSITIONS
+                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(users (B, D), items (N, D))`` whose product is ``model.full_sort_predict(interaction)``,
-    for the models whose scores are that product; ``None`` for any other model."""
+    for the models whose scores are that product (in eval mode); ``None`` for any other model.
+    The users are encoded ``max_positions // L`` rows at a time."""
     from recbole.model.sequential_recommender import GRU4Rec, SASRec
 
     from recbole_mamba.models.base import MambaSequentialBase
@@ -84,7 +91,11 @@ def dot_product_vectors(model: Any, interaction: Any) -> tuple[torch.Tensor, tor
                  for base in (SASRec, GRU4Rec))
     if not (ours or theirs):
         return None
-    users = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
+    seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
+    # rows are independent in eval mode: encode at most max_positions (rows x L) at a time, so
+    # the encoder's activations stay bounded whatever eval_batch_size is
+    step = max(1, max_positions // max(1, seq.shape[1]))
+    users = torch.cat([model.forward(seq[i:i + step], lengths[i:i + step]) for i in range(0, len(seq), step)])
     return users, model.item_embedding.weight
 
 

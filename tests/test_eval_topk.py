@@ -95,3 +95,17 @@ def test_chunked_metrics_equal_recbole_dense_ml1m(in_tmp):
     for name, (dense, chunked) in _metrics_dense_and_chunked(config, trainer, [("test", test)], 500).items():
         for k in dense:
             assert abs(dense[k] - chunked[k]) <= 1e-6, (name, k, dense[k], chunked[k])
+
+
+@pytest.mark.parametrize("model", ["MambaRec", "MLSA4Rec", "SASRec", "GRU4Rec"])
+def test_user_vectors_in_sub_batches_give_full_sort_predict(in_tmp, model):
+    from recbole_mamba.evaluation import dot_product_vectors
+
+    config, trainer, valid, _ = _trained(tiny_config(in_tmp), model, fit=False)
+    trainer.model.eval()
+    interaction = next(iter(valid))[0]
+    with torch.no_grad():
+        users, items = dot_product_vectors(trainer.model, interaction, max_positions=3 * config["MAX_ITEM_LIST_LENGTH"])
+        want = trainer.model.full_sort_predict(interaction)
+    assert len(users) == len(interaction) > 3
+    torch.testing.assert_close(users @ items.t(), want.view(len(interaction), -1), rtol=1e-5, atol=1e-5)
