@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recbole_mamba.standin import ModuleStandIn
 from recbole_mamba.safe_load import (
     PickleForRecBoleData,
     RestrictedUnpickler,
@@ -132,7 +133,7 @@ def _remap(self, remap_list: list) -> None:
             feat[field] = _object_column(np.split(new_ids, split_point), feat.index)
 
 
-class _PandasForRecBoleLoader:
+class _PandasForRecBoleLoader(ModuleStandIn):
     """Stands in for ``pandas`` inside ``recbole.data.dataset.dataset`` only.
 
     Every attribute is pandas' own, except ``read_csv``, which fills empty cells of
@@ -140,8 +141,7 @@ class _PandasForRecBoleLoader:
     copy-on-write turns into a no-op, leaving NaN that ``str.split`` then crashes on).
     """
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(pd, name)
+    module = "pandas"
 
     @staticmethod
     def read_csv(*args: Any, **kwargs: Any) -> pd.DataFrame:
@@ -179,12 +179,11 @@ def allow_model_class(cls: type) -> None:
     allow_class(cls)
 
 
-class _TorchForRecBoleTrainer:
+class _TorchForRecBoleTrainer(ModuleStandIn):
     """Stands in for ``torch`` inside ``recbole.trainer.trainer``: ``load`` is
     :func:`load_recbole_checkpoint`, every other attribute is torch's own."""
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
+    module = "torch"
 
     @staticmethod
     def load(f: Any, map_location: Any = None, **_: Any) -> Any:
@@ -252,7 +251,7 @@ def _in_tune_session() -> bool:
         return tune.get_context().get_trial_id() is not None
 
 
-class _TuneForRecBole:
+class _TuneForRecBole(ModuleStandIn):
     """Stands in for ``ray.tune`` inside ``recbole.quick_start.quick_start``.
 
     RecBole's ``objective_function`` ends with ``tune.report(**test_result)``; Ray 2.x's
@@ -261,10 +260,7 @@ class _TuneForRecBole:
     (RecBole returns the same results from the function anyway).
     """
 
-    def __getattr__(self, name: str) -> Any:
-        from ray import tune
-
-        return getattr(tune, name)
+    module = "ray.tune"
 
     @staticmethod
     def report(*args: Any, **kwargs: Any) -> None:

@@ -27,6 +27,7 @@ RecBole's dense path runs unchanged. The metrics are RecBole's (equal to its den
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,9 @@ def install() -> None:
     _ORIGINAL["collate_fn"] = FullSortEvalDataLoader.collate_fn
     _ORIGINAL["_full_sort_batch_eval"] = Trainer._full_sort_batch_eval
     _ORIGINAL["eval_batch_collect"] = Collector.eval_batch_collect
+    # RecBole pickles dataloaders (save_dataloaders) with their bound collate_fn, found again by
+    # name on load: keep RecBole's name and qualified name
+    functools.update_wrapper(_collate_fn, _ORIGINAL["collate_fn"])
     FullSortEvalDataLoader.collate_fn = _collate_fn
     Trainer._full_sort_batch_eval = _full_sort_batch_eval
     Collector.eval_batch_collect = _eval_batch_collect

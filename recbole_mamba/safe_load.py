@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from recbole_mamba.standin import ModuleStandIn
+
 # Globals that may be called (REDUCE) while loading: value types and reconstruction functions.
 _CALLABLE_NAMES = {
     "builtins.set", "builtins.frozenset", "builtins.slice", "builtins.bytearray",
@@ -211,14 +213,12 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.REDUCE[0]] = load_reduce
 
 
-class _RestrictedPickleModule:
+class _RestrictedPickleModule(ModuleStandIn):
     """A ``pickle_module`` for ``torch.load`` that uses :class:`RestrictedUnpickler`."""
 
+    module = "pickle"
     Unpickler = RestrictedUnpickler
     UnpicklingError = pickle.UnpicklingError
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(pickle, name)
 
     @staticmethod
     def load(file: Any, **kwargs: Any) -> Any:
@@ -254,12 +254,11 @@ def load_recbole_cache(file: Any) -> Any:
     return RestrictedUnpickler(file, what="cache").load()
 
 
-class PickleForRecBoleData:
+class PickleForRecBoleData(ModuleStandIn):
     """Stands in for ``pickle`` inside ``recbole.data.utils``: ``load`` is
     :func:`load_recbole_cache`; ``dump`` and the rest are pickle's own."""
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(pickle, name)
+    module = "pickle"
 
     @staticmethod
     def load(file: Any, **_: Any) -> Any:

@@ -1,9 +1,11 @@
-"""Layers built from :mod:`recbole_mamba.ops`: the Mamba mixer, LSA, attention, FFN, dropout."""
+"""Layers built from :mod:`recbole_mamba.ops`: the Mamba mixer, LSA, attention, FFN, dropout, the input embedding."""
 
 from recbole_mamba.layers.attention import CausalSelfAttention
 from recbole_mamba.layers.dropout import Dropout
+from recbole_mamba.layers.embedding import ScaledPositionalEmbedding
 from recbole_mamba.layers.ffn import FeedForward
 from recbole_mamba.layers.lsa import InterestPooling, LowRankSelfAttention
 from recbole_mamba.layers.mamba import Mamba
 
-__all__ = ["Mamba", "LowRankSelfAttention", "InterestPooling", "CausalSelfAttention", "FeedForward", "Dropout"]
+__all__ = ["Mamba", "LowRankSelfAttention", "InterestPooling", "CausalSelfAttention", "FeedForward", "Dropout",
+           "ScaledPositionalEmbedding"]

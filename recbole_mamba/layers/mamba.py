@@ -27,8 +27,8 @@ from recbole_mamba.ops import (
 class Mamba(nn.Module):
     """Mamba-1 mixer: in_proj -> causal depthwise conv1d -> SiLU -> selective scan -> gate -> out_proj.
 
-    Args follow ``mamba_ssm.modules.mamba_simple.Mamba``; ``use_fast_path`` and ``layer_idx`` are
-    accepted for compatibility. ``backend`` picks the selective-scan implementation
+    Args follow ``mamba_ssm.modules.mamba_simple.Mamba``; ``use_fast_path`` is accepted and ignored (the
+    backend decides the path), ``layer_idx`` is kept for compatibility. ``backend`` picks the selective-scan implementation
     (``auto|mamba_ssm|triton|cpu|reference``, see :mod:`recbole_mamba.ops.selective_scan`).
 
     Input (batch, L, d_model) -> output (batch, L, d_model). The mixer is causal: the output at
@@ -71,7 +71,6 @@ class Mamba(nn.Module):
         self.expand = expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.use_fast_path = use_fast_path
         self.layer_idx = layer_idx
         self.backend = backend
 
@@ -80,7 +79,6 @@ class Mamba(nn.Module):
             self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
             padding=d_conv - 1, bias=conv_bias, **factory,
         )
-        self.activation = "silu"
         self.act = nn.SiLU()
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + d_state * 2, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
@@ -97,7 +95,6 @@ class Mamba(nn.Module):
         inv_dt = dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
         with torch.no_grad():
             self.dt_proj.bias.copy_(inv_dt)
-        self.dt_proj.bias._no_reinit = True
 
         A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device)
         A = A.repeat(self.d_inner, 1).contiguous()

@@ -6,14 +6,12 @@ RecBole calls (``forward``, ``calculate_loss``, ``predict``, ``full_sort_predict
 
 from __future__ import annotations
 
-import math
-
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from recbole_mamba.data import train_mode_of
-from recbole_mamba.layers import Dropout, Mamba
+from recbole_mamba.layers import Mamba
 from recbole_mamba.models.all_positions import all_positions_loss
 from recbole_mamba.models.losses import (
     PAIRWISE_LOSSES,
@@ -96,7 +94,7 @@ class MambaSequentialBase(SequentialRecommender):
     # ------------------------------------------------------------------ model API
     def encode(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """item_seq (batch, L) item ids, right-padded with 0 -> hidden states (batch, L, D)."""
-        raise TypeError(f"{type(self).__name__} must implement encode(item_seq, item_seq_len)")
+        raise NotImplementedError(f"{type(self).__name__} must implement encode(item_seq, item_seq_len)")
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """Hidden state at each sequence's last real position: (batch, D)."""
@@ -254,37 +252,3 @@ class MambaSequentialBase(SequentialRecommender):
         if bool((state.count == 0).any()):
             raise ValueError("score_state: some users have no events yet; update_state them first")
         return state.hidden @ self.item_embedding.weight.t()
-
-
-class ScaledPositionalEmbedding(nn.Module):
-    """The seed's input layer: Dropout(E[i] * sqrt(D) + P[pos]), learned positions.
-
-    Takes the item embeddings (batch, L, D) -> (batch, L, D). Positions are 0..L-1 from the left
-    (RecBole pads at the end, so real items always sit at positions 0..len-1).
-    """
-
-    def __init__(self, dim: int, max_len: int, dropout: float, scale: bool = True) -> None:
-        super().__init__()
-        self.position_embedding = nn.Embedding(max_len, dim)
-        self.scale = math.sqrt(dim) if scale else 1.0
-        self.dropout = Dropout(dropout)
-
-    def step(self, item_emb: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """One position per row: item_emb (batch, D) at positions ``count`` (batch,) -> (batch, D).
-
-        Past the last learned position (count >= MAX_ITEM_LIST_LENGTH) the last position
-        embedding is reused; a model retrained on a window would see the last L items at
-        positions 0..L-1 instead, so the two then differ.
-        """
-        pos = count.clamp(max=self.position_embedding.num_embeddings - 1)
-        return self.dropout(item_emb * self.scale + self.position_embedding(pos))
-
-    def forward(self, item_emb: torch.Tensor) -> torch.Tensor:
-        length = item_emb.shape[1]
-        if length > self.position_embedding.num_embeddings:
-            raise ValueError(
-                f"sequence length {length} exceeds MAX_ITEM_LIST_LENGTH "
-                f"{self.position_embedding.num_embeddings}"
-            )
-        pos = torch.arange(length, device=item_emb.device)
-        return self.dropout(item_emb * self.scale + self.position_embedding(pos))

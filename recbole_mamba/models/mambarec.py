@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from recbole_mamba.layers import Dropout, FeedForward
-from recbole_mamba.models.base import MambaSequentialBase, ScaledPositionalEmbedding
+from recbole_mamba.layers import ScaledPositionalEmbedding
+from recbole_mamba.models.base import MambaSequentialBase
 
 VARIANTS = ("block", "attention")
 

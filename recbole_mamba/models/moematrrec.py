@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from recbole_mamba.layers import CausalSelfAttention, FeedForward
-from recbole_mamba.models.base import MambaSequentialBase, ScaledPositionalEmbedding
+from recbole_mamba.layers import ScaledPositionalEmbedding
+from recbole_mamba.models.base import MambaSequentialBase
 
 
 class MoELayer(nn.Module):
