@@ -17,7 +17,6 @@ from recbole_mamba.models.losses import (
     PAIRWISE_LOSSES,
     SHARED_NEGATIVE_LOSSES,
     RecLoss,
-    seen_pairs,
     sparse_embedding_wanted,
     train_target_counts,
 )
@@ -116,11 +115,9 @@ class MambaSequentialBase(SequentialRecommender):
         seq_output = self.forward(item_seq, item_seq_len)
         neg = interaction[self.NEG_ITEM_ID] if self.loss_type in PAIRWISE_LOSSES else None
         seen = None
-        if self.rec_loss.exclude_seen:  # the row's whole window is its history
-            positions = torch.full_like(item_seq, -1)
-            rows = torch.arange(len(item_seq), device=item_seq.device)
-            positions[rows, item_seq_len - 1] = rows
-            seen = seen_pairs(item_seq, positions)
+        if self.rec_loss.exclude_seen:  # the row's whole window is the target's history
+            rows, cols = torch.nonzero(item_seq > 0, as_tuple=True)
+            seen = (rows, item_seq[rows, cols])
         loss = self.rec_loss(seq_output, interaction[self.POS_ITEM_ID], self.item_embedding.weight, neg, seen)
         self._check_finite(loss)
         return loss

@@ -46,7 +46,7 @@ DEFAULTS = {"n_negatives": 256, "ss_sampling": "uniform", "ss_in_batch": 0.0, "s
 SPARSE_LOSSES = SHARED_NEGATIVE_LOSSES + PAIRWISE_LOSSES
 #: ``sparse_item_embedding: auto`` makes the item embedding sparse from this many items, with a
 #: loss of SPARSE_LOSSES (CE scores every item: its gradient is dense). Measured with
-#: ``python -m recbole_mamba.bench catalogue`` (docs/benchmarks.md).
+#: ``python -m recbole_mamba.bench.catalogue`` (docs/large-catalogues.md).
 AUTO_SPARSE_MIN_ITEMS = 200_000
 
 
