@@ -194,11 +194,13 @@ def test_the_table_is_large_and_ids_unique():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
-# Runs every case in one fresh process, outside pytest's output capture (which swaps
-# sys.stderr under a call now and then): each CLI's main(argv) in the case's folder, its stderr
-# read from a StringIO, SystemExit caught.
+# Runs every case in one fresh process, outside pytest's output capture: each CLI's main(argv) in
+# the case's folder, SystemExit caught. Its stderr is captured at the file descriptor (fd 2 onto a
+# temporary file, sys.stderr the real stream): code inside a call that swaps sys.stderr (colorama's
+# wrapper, which RecBole's init_logger installs, stays bound to whatever stream was current) would
+# lose a message sent to a StringIO, but not one sent to fd 2.
 DRIVER = """
-import contextlib, io, json, os, sys
+import json, os, sys, tempfile
 sys.path.insert(0, os.environ["REPO"])
 sys.path.insert(0, os.path.join(os.environ["REPO"], "tests"))
 import test_bad_inputs as t
@@ -209,13 +211,25 @@ for item in spec:
     case = next(c for c in t.CASES if c.id == item["id"])
     os.chdir(item["dir"])
     sys.argv = [case.tool, *item["args"]]
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    sys.stderr = sys.__stderr__
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
         try:
             code = (t.run_recbole_main() if case.tool == "run_recbole" else t.TOOLS[case.tool])(item["args"])
         except SystemExit as exc:
             code = exc.code
-    text = err.getvalue()
+        finally:
+            for stream in (sys.stderr, sys.__stderr__):
+                try:
+                    stream.flush()
+                except (AttributeError, ValueError):
+                    pass
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", "replace")
     if case.tool == "run_recbole":
         text = str(code) + text
         code = 1 if code not in (0, None) else 0
