@@ -322,6 +322,28 @@ def fix_log_colours() -> None:
             module.init_logger = _init_logger
 
 
+def _ensure_dir(dir_path: str) -> None:
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def fix_ensure_dir_race() -> None:
+    """RecBole's ``ensure_dir`` (``if not exists: makedirs``) without its race.
+
+    Under ``--nproc`` every process creates ``./log/<Model>`` and the checkpoint folder; two
+    that pass the existence check together make one of them fail with ``FileExistsError``."""
+    import recbole.utils.utils
+
+    original = recbole.utils.utils.ensure_dir
+    if original is _ensure_dir:
+        return
+    import recbole.trainer.trainer  # noqa: F401  (binds ensure_dir by name)
+    import recbole.utils.logger  # noqa: F401
+
+    for name, module in list(sys.modules.items()):
+        if (name == "recbole" or name.startswith("recbole.")) and getattr(module, "ensure_dir", None) is original:
+            module.ensure_dir = _ensure_dir
+
+
 # --------------------------------------------------------------------------- entry point
 def fix_global_anomaly_detection() -> None:
     """Undo ``torch.autograd.set_detect_anomaly(True)`` that RecBole's ``sine.py`` runs at import.
@@ -351,6 +373,7 @@ def apply() -> None:
     fix_ray_tune_report()
     fix_global_anomaly_detection()
     fix_log_colours()
+    fix_ensure_dir_race()
     _APPLIED = True
 
 
@@ -363,6 +386,7 @@ __all__ = [
     "fix_ray_tune_report",
     "fix_global_anomaly_detection",
     "fix_log_colours",
+    "fix_ensure_dir_race",
     "load_recbole_checkpoint",
     "RestrictedUnpickler",
 ]

@@ -116,3 +116,18 @@ def test_console_log_has_no_colour_codes_off_a_terminal(in_tmp):
         root.handlers[:] = saved
     assert "epoch 1 done" in buf.getvalue()
     assert "\x1b" not in buf.getvalue()
+
+
+def test_recbole_ensure_dir_tolerates_a_folder_made_meanwhile(tmp_path):
+    """Every RecBole module that creates folders (log/, the checkpoint folder) uses an ensure_dir
+    that accepts a folder another process has just made (DDP ranks race on it)."""
+    import recbole.trainer.trainer
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    for module in (recbole.utils.utils, recbole.utils.logger, recbole.trainer.trainer):
+        assert module.ensure_dir is compat._ensure_dir
+    target = tmp_path / "log" / "MambaRec"
+    target.mkdir(parents=True)  # made by the other rank after this one's check
+    recbole.utils.utils.ensure_dir(str(target))
+    assert target.is_dir()
