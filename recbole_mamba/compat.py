@@ -281,6 +281,14 @@ def fix_ray_tune_report() -> None:
     qs_mod.tune = _TuneForRecBole()
 
 
+def rebind_in_recbole(name: str, original: Any, replacement: Any) -> None:
+    """Point every loaded ``recbole`` module whose ``name`` is ``original`` at ``replacement``
+    (RecBole binds its helpers by name: ``from recbole.utils import get_model`` and the like)."""
+    for mod_name, module in list(sys.modules.items()):
+        if (mod_name == "recbole" or mod_name.startswith("recbole.")) and getattr(module, name, None) is original:
+            setattr(module, name, replacement)
+
+
 _ORIGINAL_INIT_LOGGER = None
 
 
@@ -317,9 +325,7 @@ def fix_log_colours() -> None:
         _ORIGINAL_INIT_LOGGER = recbole.utils.logger.init_logger
     import recbole.quick_start.quick_start  # noqa: F401  (binds init_logger by name)
 
-    for name, module in list(sys.modules.items()):
-        if (name == "recbole" or name.startswith("recbole.")) and getattr(module, "init_logger", None) is _ORIGINAL_INIT_LOGGER:
-            module.init_logger = _init_logger
+    rebind_in_recbole("init_logger", _ORIGINAL_INIT_LOGGER, _init_logger)
 
 
 def _ensure_dir(dir_path: str) -> None:
@@ -339,9 +345,7 @@ def fix_ensure_dir_race() -> None:
     import recbole.trainer.trainer  # noqa: F401  (binds ensure_dir by name)
     import recbole.utils.logger  # noqa: F401
 
-    for name, module in list(sys.modules.items()):
-        if (name == "recbole" or name.startswith("recbole.")) and getattr(module, "ensure_dir", None) is original:
-            module.ensure_dir = _ensure_dir
+    rebind_in_recbole("ensure_dir", original, _ensure_dir)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from recbole_mamba.data.lazy_dataset import window_items
 from recbole_mamba.ops.topk import chunk_for, chunked_topk
 
 _ORIGINAL: dict[str, Any] = {}
@@ -47,9 +48,7 @@ def seen_items(dataset: Any, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
     sequential dataset gives the items of the row's ``item_id_list`` window."""
     if hasattr(dataset, "seen_items"):
         return dataset.seen_items(rows)
-    items = rows[dataset.item_id_list_field]
-    row, col = torch.nonzero(items, as_tuple=True)
-    return row, items[row, col]
+    return window_items(rows[dataset.item_id_list_field])
 
 
 def _collate_fn(self: Any, index: Any) -> tuple:

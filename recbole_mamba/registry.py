@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import sys
 from pathlib import Path
 
 import recbole.utils
@@ -233,10 +232,7 @@ def register() -> None:
         if (isinstance(obj, type) and issubclass(obj, SequentialRecommender) and obj is not SequentialRecommender
                 and name not in CAUSAL_BASELINES and obj.__module__.startswith("recbole.model.")):
             reject_all_positions(obj)
-    for name, module in list(sys.modules.items()):
-        if name.startswith("recbole.") or name == "recbole":
-            if getattr(module, "get_model", None) is _ORIGINAL_GET_MODEL:
-                module.get_model = get_model
+    compat.rebind_in_recbole("get_model", _ORIGINAL_GET_MODEL, get_model)
     recbole.utils.get_model = get_model
     Config._update_internal_config_dict = _update_internal_config_dict
     Config._set_default_parameters = _set_default_parameters

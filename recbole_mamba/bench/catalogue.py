@@ -114,10 +114,11 @@ def run_child(args: dict) -> dict:
     train_peak = status_bytes("VmHWM")
 
     model.eval()
+    result = {"items": dataset.item_num, "sparse": model.sparse_item_embedding, "load_s": load_s,
+              "optimizer": type(optimizer).__name__, "step_s": float(np.median(times)),
+              "train_peak_rss": train_peak, "rank_s": float("nan"), "rank_added_rss": 0}
     if not args["eval_users"]:
-        return {"items": dataset.item_num, "sparse": model.sparse_item_embedding, "load_s": load_s,
-                "optimizer": type(optimizer).__name__, "step_s": float(np.median(times)),
-                "train_peak_rss": train_peak, "rank_s": float("nan"), "rank_added_rss": 0}
+        return result
     before = status_bytes("VmRSS")
     _clear_peak()
     users, k, eval_batch = args["eval_users"], args["topk"], args["eval_batch"]
@@ -129,11 +130,8 @@ def run_child(args: dict) -> dict:
                                 model.ITEM_SEQ_LEN: torch.full((n,), L, dtype=torch.long)})
             query, items = dot_product_vectors(model, rows)
             chunked_topk(query, items, k, chunk_for(n), exclude_items=torch.zeros(1, dtype=torch.long))
-    rank_s = time.perf_counter() - t
-    return {"items": dataset.item_num, "sparse": model.sparse_item_embedding, "load_s": load_s,
-            "optimizer": type(optimizer).__name__, "step_s": float(np.median(times)),
-            "train_peak_rss": train_peak, "rank_s": rank_s,
-            "rank_added_rss": max(0, status_bytes("VmHWM") - before)}
+    result.update(rank_s=time.perf_counter() - t, rank_added_rss=max(0, status_bytes("VmHWM") - before))
+    return result
 
 
 def _gib(n: int) -> str:

@@ -171,9 +171,7 @@ class LazySequentialDataset(SequentialDataset):
         of a ``(len(rows), n_items)`` score matrix. Falls back to the rows' ``item_id_list``
         windows for RecBole's precomputed-list files (``benchmark_filename``)."""
         if not self._lazy:
-            items = rows[self.item_id_list_field]
-            row, col = torch.nonzero(items, as_tuple=True)
-            return row, items[row, col]
+            return window_items(rows[self.item_id_list_field])
         end = rows[SEQ_END_FIELD].numpy()
         first = self._user_first[end]
         lengths = torch.from_numpy(end - first)
@@ -185,6 +183,12 @@ class LazySequentialDataset(SequentialDataset):
     def history_lists(self, index) -> Interaction:
         """The rows at ``index`` with their ``<field>_list`` windows (what a batch holds)."""
         return self.__getitem__(index, join=False)
+
+
+def window_items(item_lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(row, item)`` of every real (non-padding) item in (batch, L) ``item_id_list`` windows."""
+    row, col = torch.nonzero(item_lists, as_tuple=True)
+    return row, item_lists[row, col]
 
 
 def rows_per_batch(dataset, batch_size: int) -> int:
