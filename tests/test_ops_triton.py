@@ -77,7 +77,7 @@ def test_empty_sequence_and_bad_dtype():
 
 
 def test_dispatch_rules(monkeypatch):
-    from recbole_mamba.ops import selective_scan as dispatch
+    from recbole_mamba.ops import backend as dispatch
 
     monkeypatch.setattr(dispatch, "mamba_ssm_scan", lambda: None)
     assert resolve_backend("auto", torch.device("cuda")) == "triton"  # no mamba-ssm: ours

@@ -1,6 +1,7 @@
 """Layers built from :mod:`recbole_mamba.ops`: the Mamba mixer, LSA, attention, FFN, dropout, the input embedding."""
 
 from recbole_mamba.layers.attention import CausalSelfAttention
+from recbole_mamba.layers.backend import set_backend
 from recbole_mamba.layers.dropout import Dropout
 from recbole_mamba.layers.embedding import ScaledPositionalEmbedding
 from recbole_mamba.layers.ffn import FeedForward
@@ -8,4 +9,4 @@ from recbole_mamba.layers.lsa import InterestPooling, LowRankSelfAttention
 from recbole_mamba.layers.mamba import Mamba
 
 __all__ = ["Mamba", "LowRankSelfAttention", "InterestPooling", "CausalSelfAttention", "FeedForward", "Dropout",
-           "ScaledPositionalEmbedding"]
+           "ScaledPositionalEmbedding", "set_backend"]

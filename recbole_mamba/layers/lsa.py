@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_mamba.layers.dropout import Dropout
-from recbole_mamba.ops import CPU_DTYPES, causal_lsa, lsa_step
+from recbole_mamba.ops import causal_lsa, causal_lsa_step, check_backend_name, runs_cpu_kernels
 
 
 #: the largest gap (in logits) between a prefix's max and the sequence's max for which the
@@ -111,7 +111,7 @@ class InterestPooling(nn.Module):
 
         x (batch, L, D); mask (batch, L) True at real positions. Returns, in x's dtype,
         (max (batch, P), norm (batch, P), weighted sum (batch, P, D)) with
-        ``pooled = sum / norm``; max is -inf for an empty row. :func:`recbole_mamba.ops.lsa_step`
+        ``pooled = sum / norm``; max is -inf for an empty row. :func:`recbole_mamba.ops.causal_lsa_step`
         adds one position. Shifted by the row's own max, every weight is <= 1 and the normaliser
         >= 1, so unlike the prefix form (one shift for all prefixes) this needs no float64.
         """
@@ -127,8 +127,9 @@ class LowRankSelfAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, k_interests: int, hidden_dropout: float = 0.1,
                  attn_dropout: float = 0.1, layer_norm_eps: float = 1e-12, causal: bool = True,
-                 softmax_over: str = "interests") -> None:
+                 softmax_over: str = "interests", backend: str = "auto") -> None:
         super().__init__()
+        self.backend = check_backend_name(backend)
         if d_model % n_heads:
             raise ValueError(f"hidden_size ({d_model}) must be a multiple of n_heads ({n_heads})")
         if softmax_over not in ("interests", "positions"):
@@ -147,8 +148,8 @@ class LowRankSelfAttention(nn.Module):
         self.value = nn.Linear(d_model, d_model)
         self.pool_key = InterestPooling(d_model, k_interests)
         self.pool_value = InterestPooling(d_model, k_interests)
-        self.attn_dropout = Dropout(attn_dropout)
-        self.out_dropout = Dropout(hidden_dropout)
+        self.attn_dropout = Dropout(attn_dropout, backend=backend)
+        self.out_dropout = Dropout(hidden_dropout, backend=backend)
         self.LayerNorm = nn.LayerNorm(d_model, eps=layer_norm_eps)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -244,8 +245,8 @@ class LowRankSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (batch, L, D); mask (batch, L) True at real positions (None: all real)."""
         scale = 1.0 / math.sqrt(self.head_dim)
-        if self.causal and x.device.type == "cpu" and x.dtype in CPU_DTYPES:
-            # the fused kernel (recbole_mamba.ops.lsa_causal): this layer's fwd+bwd at B=32,
+        if self.causal and runs_cpu_kernels(self.backend, x, self.query.weight):
+            # the fused kernel (recbole_mamba.ops.causal_lsa): this layer's fwd+bwd at B=32,
             # L=200, H=8, P=20, D=64 on 2 threads ~27 ms against ~66 ms with the chunked form below
             key, value = self.key(x), self.value(x)
             drop = self.attn_dropout.p if self.training else 0.0
@@ -291,9 +292,9 @@ class LowRankSelfAttention(nn.Module):
 
     def step(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
         """One new position per row: x (batch, D) -> (out (batch, D), state); O(P * D).
-        The state's six tensors are updated in place (:func:`recbole_mamba.ops.lsa_step`)."""
+        The state's six tensors are updated in place (:func:`recbole_mamba.ops.causal_lsa_step`)."""
         self._require_causal()
         key_x, value_x = self.key(x), self.value(x)
-        ctx = lsa_step(self.query(x), key_x, value_x, key_x @ self.pool_key.theta,
-                       value_x @ self.pool_value.theta, *state, self.n_heads)
+        ctx = causal_lsa_step(self.query(x), key_x, value_x, key_x @ self.pool_key.theta,
+                       value_x @ self.pool_value.theta, *state, self.n_heads, backend=self.backend)
         return self.LayerNorm(self.out_dropout(ctx) + x), tuple(state)

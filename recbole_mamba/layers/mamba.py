@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_mamba.ops import (
-    CPU_DTYPES,
     causal_conv1d_silu,
     causal_conv1d_update,
-    resolve_backend,
+    check_backend_name,
+    runs_cpu_kernels,
     selective_scan_fn,
     selective_state_update,
 )
@@ -28,8 +28,9 @@ class Mamba(nn.Module):
     """Mamba-1 mixer: in_proj -> causal depthwise conv1d -> SiLU -> selective scan -> gate -> out_proj.
 
     Args follow ``mamba_ssm.modules.mamba_simple.Mamba``; ``use_fast_path`` is accepted and ignored (the
-    backend decides the path), ``layer_idx`` is kept for compatibility. ``backend`` picks the selective-scan implementation
-    (``auto|mamba_ssm|triton|cpu|reference``, see :mod:`recbole_mamba.ops.selective_scan`).
+    backend decides the path), ``layer_idx`` is kept for compatibility. ``backend``
+    (``auto|mamba_ssm|triton|cpu|reference``) picks the implementation of every op the layer runs
+    (scan, conv, their one-step forms), resolved by :func:`recbole_mamba.ops.backend.resolve_backend`.
 
     Input (batch, L, d_model) -> output (batch, L, d_model). The mixer is causal: the output at
     position t depends on inputs at positions <= t only, so right-padding (RecBole's convention)
@@ -72,7 +73,7 @@ class Mamba(nn.Module):
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.layer_idx = layer_idx
-        self.backend = backend
+        self.backend = check_backend_name(backend)
 
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
         self.conv1d = nn.Conv1d(
@@ -123,9 +124,7 @@ class Mamba(nn.Module):
 
     def _channels_last_path(self, hidden_states: torch.Tensor) -> bool:
         """Whether :meth:`forward` runs the CPU kernels end to end in (batch, L, channels)."""
-        return (resolve_backend(self.backend, hidden_states.device) == "cpu"
-                and hidden_states.dtype in CPU_DTYPES
-                and all(p.dtype == hidden_states.dtype for p in (self.in_proj.weight, self.conv1d.weight)))
+        return runs_cpu_kernels(self.backend, hidden_states, self.in_proj.weight, self.conv1d.weight)
 
     def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The CPU forward: (batch, L, d_model) -> (batch, L, d_model), every tensor channels-last.
@@ -142,7 +141,7 @@ class Mamba(nn.Module):
         w, b = self.in_proj.weight, self.in_proj.bias
         x = F.linear(hidden_states, w[:d_inner], None if b is None else b[:d_inner])
         z = F.linear(hidden_states, w[d_inner:], None if b is None else b[d_inner:])
-        u = causal_conv1d_silu(x, self.conv1d.weight[:, 0, :], self.conv1d.bias)  # (batch, L, d_inner)
+        u = causal_conv1d_silu(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, backend=self.backend)  # (batch, L, d_inner)
         dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # (batch, L, d_inner)
         A = -torch.exp(self.A_log.float())
@@ -235,7 +234,7 @@ class Mamba(nn.Module):
         xz = self.in_proj(hidden_states.squeeze(1))
         x, z = xz.chunk(2, dim=-1)
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight[:, 0, :], self.conv1d.bias,
-                                 silu=True).to(hidden_states.dtype)
+                                 silu=True, backend=self.backend).to(hidden_states.dtype)
         x_db = self.x_proj(x)
         dt, B, C = torch.split(x_db, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)

@@ -11,7 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from recbole_mamba.data import train_mode_of
-from recbole_mamba.layers import Mamba
+from recbole_mamba.layers import Mamba, set_backend
 from recbole_mamba.models.all_positions import all_positions_loss
 from recbole_mamba.models.losses import (
     PAIRWISE_LOSSES,
@@ -53,6 +53,12 @@ class MambaSequentialBase(SequentialRecommender):
                                            sparse=self.sparse_item_embedding)
 
     # ------------------------------------------------------------------ helpers
+    def apply_backend(self) -> None:
+        """Give every layer of this model its ``mamba_backend`` (:func:`recbole_mamba.layers.set_backend`):
+        the one decision behind every op, so ``reference`` runs no custom kernel anywhere. Each
+        model calls it last in ``__init__``."""
+        set_backend(self, self.mamba_backend)
+
     def make_mamba(self, config) -> Mamba:
         """A Mamba mixer from the config keys d_state, d_conv, expand."""
         return Mamba(

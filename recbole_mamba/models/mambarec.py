@@ -75,6 +75,7 @@ class MambaRec(MambaSequentialBase):
             for _ in range(self.num_layers)
         )
         self.init_weights_normal(self, float(config["initializer_range"]))
+        self.apply_backend()
 
     def encode(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """item_seq (batch, L) -> (batch, L, D); causal, so padding never reaches real positions."""

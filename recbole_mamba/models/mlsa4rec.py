@@ -119,6 +119,7 @@ class MLSA4Rec(MambaSequentialBase):
             self.init_weights_normal(self, float(config["initializer_range"]))
         else:
             raise ValueError(f"MLSA4Rec: init_style must be 'authors' or 'normal', got {init_style!r}")
+        self.apply_backend()
 
     def causal_config_error(self) -> str | None:
         if not self.lsa_causal:

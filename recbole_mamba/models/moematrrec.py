@@ -102,6 +102,7 @@ class MoEMaTrRec(MambaSequentialBase):
         )
         self.gate_causal = bool(config["gate_causal"])
         self.init_weights_normal(self, float(config["initializer_range"]))
+        self.apply_backend()
 
     def causal_config_error(self) -> str | None:
         if not self.gate_causal:

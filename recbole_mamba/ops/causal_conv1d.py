@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, CPU_DTYPES, _exp_row, _like, as_numpy
+from recbole_mamba.ops.backend import runs_cpu_kernels
+from recbole_mamba.ops.cpu_common import FASTMATH, exp_row, like, as_numpy
 
 TIME_BLOCK = 64
 """Steps per parallel work item."""
@@ -41,11 +42,11 @@ def causal_conv1d_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return (F.silu(pre) if silu else pre).transpose(1, 2)
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _pre(x, wt, bias, has_bias, b, t, acc):  # pragma: no cover - compiled
     """acc[c] = bias[c] + sum_k wt[k, c] * x[b, t - (K-1) + k, c]."""
     width, nd = wt.shape
-    zero = _like(0.0, acc)
+    zero = like(0.0, acc)
     for c in range(nd):
         acc[c] = bias[c] if has_bias else zero
     for k in range(width):
@@ -57,11 +58,11 @@ def _pre(x, wt, bias, has_bias, b, t, acc):  # pragma: no cover - compiled
                 acc[c] += wr[c] * xr[c]
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _fwd(x, wt, bias, has_bias, silu, fast_exp, block, out):  # pragma: no cover - compiled
     nb, length, nd = x.shape
     nblocks = (length + block - 1) // block
-    one = _like(1.0, out)
+    one = like(1.0, out)
     for item in prange(nb * nblocks):
         b = item // nblocks
         t0 = (item % nblocks) * block
@@ -71,19 +72,19 @@ def _fwd(x, wt, bias, has_bias, silu, fast_exp, block, out):  # pragma: no cover
             row = out[b, t]
             _pre(x, wt, bias, has_bias, b, t, row)
             if silu:
-                _exp_row(_like(-1.0, out), row, neg, ibuf, ibuf.view(np.float32), fast_exp)
+                exp_row(like(-1.0, out), row, neg, ibuf, ibuf.view(np.float32), fast_exp)
                 for c in range(nd):
                     row[c] = row[c] / (one + neg[c])
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _bwd(x, wt, bias, has_bias, silu, fast_exp, block, dout, dx, dw_part, db_part):  # pragma: no cover
     # dpre[t] = dout[t] * silu'(pre[t]); dx[s] = sum_k wt[k] * dpre[s + K-1 - k];
     # dw[k] = sum_t dpre[t] * x[t - (K-1) + k]; db = sum_t dpre[t]
     nb, length, nd = x.shape
     width = wt.shape[0]
     nblocks = (length + block - 1) // block
-    one = _like(1.0, dout)
+    one = like(1.0, dout)
     for item in prange(nb * nblocks):
         b = item // nblocks
         t0 = (item % nblocks) * block
@@ -98,7 +99,7 @@ def _bwd(x, wt, bias, has_bias, silu, fast_exp, block, dout, dx, dw_part, db_par
             g = dout[b, t]
             if silu:
                 _pre(x, wt, bias, has_bias, b, t, row)
-                _exp_row(_like(-1.0, dout), row, neg, ibuf, ibuf.view(np.float32), fast_exp)
+                exp_row(like(-1.0, dout), row, neg, ibuf, ibuf.view(np.float32), fast_exp)
                 for c in range(nd):
                     sg = one / (one + neg[c])
                     row[c] = g[c] * sg * (one + row[c] * (one - sg))
@@ -165,11 +166,12 @@ class CausalConv1dSiLUCPU(torch.autograd.Function):
 
 
 def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                       silu: bool = True) -> torch.Tensor:
+                       silu: bool = True, backend: str = "auto") -> torch.Tensor:
     """Causal depthwise conv (+ SiLU): x (batch, L, dim), weight (dim, K), bias (dim,) ->
     (batch, L, dim), differentiable in x, weight and bias.
 
-    CPU float32/float64 tensors of one dtype run the numba kernels; anything else runs
+    When ``backend`` resolves to ``cpu`` (:func:`recbole_mamba.ops.backend.resolve_backend`) and
+    the tensors are float32/float64 of one dtype, the numba kernels run; otherwise
     :func:`causal_conv1d_silu_ref` (torch's conv1d).
     """
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[2] or (
@@ -178,7 +180,6 @@ def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
             f"causal_conv1d_silu: x must be (batch, L, dim) with weight (dim, K) and bias (dim,); got "
             f"x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
             f"bias {None if bias is None else tuple(bias.shape)}")
-    tensors = [t for t in (x, weight, bias) if t is not None]
-    if x.dtype in CPU_DTYPES and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors):
+    if runs_cpu_kernels(backend, x, weight, bias):
         return CausalConv1dSiLUCPU.apply(x, weight, bias, silu)
     return causal_conv1d_silu_ref(x, weight, bias, silu)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, CPU_DTYPES, _like
+from recbole_mamba.ops.cpu_common import FASTMATH, CPU_DTYPES, like
 
 #: elements per parallel work item
 BLOCK = 4096
@@ -43,11 +43,11 @@ def keep_hash(seed, index):  # pragma: no cover - compiled
     return z ^ (z >> np.uint64(31))
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _apply(x, out, seed, threshold, scale):  # pragma: no cover - compiled
     # x, out: 1-D, same length; out[i] = x[i] * scale where kept, else x[i] * 0
     n = x.size
-    zero = _like(0.0, x)
+    zero = like(0.0, x)
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo = blk * BLOCK
         hi = min(n, lo + BLOCK)

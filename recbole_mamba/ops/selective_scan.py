@@ -9,81 +9,27 @@
 * ``mamba_ssm``, ``triton``, ``cpu``, ``reference``: forced, with a clear error when it cannot
   run here (``triton`` on CPU tensors only under Triton's interpreter, ``TRITON_INTERPRET=1``).
 
-The backend is chosen per call from the tensors' device; the log says once per process which
-backend runs.
+The backend is resolved per call from the tensors' device by
+:func:`recbole_mamba.ops.backend.resolve_backend`, the decision every op shares; the log says
+once per process which backend runs.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 
+from recbole_mamba.ops.backend import BACKENDS, mamba_ssm_scan, resolve_backend
 from recbole_mamba.ops.selective_scan_cpu import selective_scan_cpu
 from recbole_mamba.ops.selective_scan_ref import selective_scan_ref
-from recbole_mamba.ops.selective_scan_triton import interpreter_on, selective_scan_triton, triton_available
+from recbole_mamba.ops.selective_scan_triton import selective_scan_triton
+
+__all__ = ["BACKENDS", "mamba_ssm_scan", "resolve_backend", "selective_scan_fn"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "mamba_ssm", "triton", "cpu", "reference")
 _announced: set[str] = set()
-
-
-@functools.lru_cache(maxsize=1)
-def mamba_ssm_scan():
-    """mamba-ssm's ``selective_scan_fn``, or ``None`` when the package does not import.
-
-    Guarded: on a CPU-only machine mamba-ssm is usually absent or fails to import
-    (no ``selective_scan_cuda``), which is fine.
-    """
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or OSError/RuntimeError from a broken CUDA build
-        return None
-    return selective_scan_fn
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend (``mamba_ssm``, ``cpu`` or ``reference``) for tensors on ``device``.
-
-    Raises ``ValueError`` for an unknown name or a backend that cannot run on this device.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown mamba_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        if device.type == "cuda":
-            if mamba_ssm_scan() is not None:
-                return "mamba_ssm"
-            return "triton" if triton_available() else "reference"
-        return "cpu" if device.type == "cpu" else "reference"
-    if backend == "triton":
-        if not triton_available():
-            raise ValueError(
-                "mamba_backend 'triton' was asked for but triton does not import; it ships with CUDA "
-                "builds of torch (pip install triton), or use mamba_backend: auto."
-            )
-        if device.type != "cuda" and not interpreter_on():
-            raise ValueError(
-                f"mamba_backend 'triton' needs CUDA tensors; the input is on {device}. Use "
-                "mamba_backend: auto (or cpu) on this machine; TRITON_INTERPRET=1 runs the Triton "
-                "kernels in Triton's (slow) CPU interpreter, for testing."
-            )
-    if backend == "mamba_ssm":
-        if device.type != "cuda":
-            raise ValueError(
-                "mamba_backend 'mamba_ssm' needs CUDA tensors (mamba-ssm has CUDA kernels only); "
-                f"the input is on {device}. Use mamba_backend: auto (or cpu) on this machine."
-            )
-        if mamba_ssm_scan() is None:
-            raise ValueError(
-                "mamba_backend 'mamba_ssm' was asked for but mamba_ssm does not import. "
-                "Install it with `pip install recbole-mamba[cuda]` on a machine with CUDA and nvcc, "
-                "or use mamba_backend: auto."
-            )
-    if backend == "cpu" and device.type != "cpu":
-        raise ValueError(f"mamba_backend 'cpu' needs CPU tensors; the input is on {device}.")
-    return backend
 
 
 def selective_scan_fn(

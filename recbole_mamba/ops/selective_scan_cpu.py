@@ -37,79 +37,15 @@ import math
 import numba
 import numpy as np
 import torch
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
+
+from recbole_mamba.ops.cpu_common import CPU_DTYPES, FASTMATH, as_numpy, exp_parts, exp_row, like
+from recbole_mamba.ops.selective_scan_ref import check_scan_inputs
 
 CHUNK = 32
 """Steps between two saved states; backward recomputes the states of one chunk at a time."""
 
-_FASTMATH = {"contract", "arcp", "reassoc", "nsz", "afn"}  # no nnan/ninf: NaN must propagate
-
-
-# The loops over the channels are written as separate simple loops over contiguous rows (exp,
-# update, reduction), each with one store, so that LLVM vectorises each of them; a fused loop
-# with several stores needs more runtime alias checks than LLVM allows and stays scalar.
-#
-# llvmlite's pip wheels have no vector math library (SVML), so ``math.exp`` in a loop stays a
-# scalar libm call and is the bottleneck (one exp per state element and step). For float32 we
-# use our own exp below: Cody-Waite range reduction, the Cephes ``expf`` polynomial, and 2**k
-# built in the exponent bits of an int32 buffer viewed as float32. It is plain arithmetic, so it
-# vectorises (16 float32 lanes with AVX-512); max relative error 8.1e-8 over [-87, 88] (under
-# one float32 ulp). Every scalar in it must stay float32 (see ``_like``; ``math.floor`` returns
-# int64 and once made the polynomial float64): the one-step state update (batch 256, d_inner
-# 128, N 32) takes 0.37 ms with it against 1.9 ms with ``math.exp``. float64 (gradcheck) keeps
-# ``math.exp``.
-
-
-def _like(x, ref):  # pragma: no cover - replaced by the overload inside compiled code
-    """``x`` converted to ``ref``'s dtype (float32 or float64).
-
-    Numba types float literals as float64, and one float64 scalar in a loop turns all of its
-    float32 arithmetic into float64 (half the SIMD width plus conversions). Every scalar that
-    meets array data goes through this cast.
-    """
-    return x
-
-
-@overload(_like, inline="always")
-def _ol_like(x, ref):
-    if isinstance(ref, types.Array) and ref.dtype == types.float32:
-        return lambda x, ref: np.float32(x)
-    return lambda x, ref: np.float64(x)
-
-
-@njit(inline="always", fastmath=_FASTMATH)
-def _exp_parts(x, ref):  # pragma: no cover - compiled
-    """float32 exp(x) as (p, bits): exp(x) = p * 2**k, ``bits`` the int32 pattern of the float32
-    2**k (the callers multiply by it in a second loop, over the bits viewed as float32). One
-    polynomial shared by :func:`_exp_row` (scalar times row) and :func:`_decay` (row times row)."""
-    lo = _like(-87.0, ref)
-    hi = _like(88.0, ref)
-    x = lo if x < lo else x  # written so that NaN passes through
-    x = hi if x > hi else x
-    kf = np.floor(x * _like(1.4426950408889634, ref) + _like(0.5, ref))  # np.floor keeps the
-    # dtype (math.floor gives int64, which would turn the polynomial into float64 arithmetic)
-    r = x - kf * _like(0.693359375, ref) + kf * _like(2.12194440e-4, ref)
-    p = (((((_like(1.9875691500e-4, ref) * r + _like(1.3981999507e-3, ref)) * r
-            + _like(8.3334519073e-3, ref)) * r + _like(4.1665795894e-2, ref)) * r
-          + _like(1.6666665459e-1, ref)) * r + _like(5.0000001201e-1, ref)) * r * r + r + _like(1.0, ref)
-    return p, (np.int32(kf) + 127) << 23
-
-
-@njit(inline="always", fastmath=_FASTMATH)
-def _exp_row(dt, a_row, out, ibuf, fview, fast):  # pragma: no cover - compiled
-    """out[n] = exp(dt * a_row[n]) for every n."""
-    if not fast:
-        for n in range(a_row.shape[0]):
-            out[n] = math.exp(dt * a_row[n])
-        return
-    for n in range(a_row.shape[0]):
-        out[n], ibuf[n] = _exp_parts(dt * a_row[n], a_row)
-    for n in range(a_row.shape[0]):
-        out[n] *= fview[n]
-
-
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, fast, softplus):  # pragma: no cover - compiled
     """For every i: out[i] = softplus(raw[i]) (or raw[i] when not ``softplus``) and
     sig[i] = sigmoid(raw[i]) (d softplus / d raw; 1 when not ``softplus``).
@@ -121,8 +57,8 @@ def _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, fast, softplus):  # pragma: 
     libm calls per (row, channel, step), which were a third of the scan's time.
     """
     n = raw.shape[0]
-    one = _like(1.0, raw)
-    zero = _like(0.0, raw)
+    one = like(1.0, raw)
+    zero = like(0.0, raw)
     if not softplus:
         for i in range(n):
             out[i] = raw[i]
@@ -136,14 +72,14 @@ def _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, fast, softplus):  # pragma: 
         return
     for i in range(n):
         tmp[i] = -abs(raw[i])
-    _exp_row(one, tmp, tmp, ibuf, ibuf.view(np.float32), fast)
-    two = _like(2.0, raw)
-    k3 = _like(1.0 / 3.0, raw)
-    k5 = _like(1.0 / 5.0, raw)
-    k7 = _like(1.0 / 7.0, raw)
-    k9 = _like(1.0 / 9.0, raw)
-    k11 = _like(1.0 / 11.0, raw)
-    k13 = _like(1.0 / 13.0, raw)
+    exp_row(one, tmp, tmp, ibuf, ibuf.view(np.float32), fast)
+    two = like(2.0, raw)
+    k3 = like(1.0 / 3.0, raw)
+    k5 = like(1.0 / 5.0, raw)
+    k7 = like(1.0 / 7.0, raw)
+    k9 = like(1.0 / 9.0, raw)
+    k11 = like(1.0 / 11.0, raw)
+    k13 = like(1.0 / 13.0, raw)
     for i in range(n):
         e = tmp[i]
         r = raw[i]
@@ -154,7 +90,7 @@ def _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, fast, softplus):  # pragma: 
         sig[i] = (one if r >= zero else e) / (one + e)
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _channel_range(bg, ngroups, nd):  # pragma: no cover - compiled
     """(batch row, group, first channel, channel count) of parallel work item ``bg``."""
     per_group = (nd + ngroups - 1) // ngroups
@@ -164,7 +100,7 @@ def _channel_range(bg, ngroups, nd):  # pragma: no cover - compiled
     return b, grp, lo, min(nd, lo + per_group) - lo
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _step_gates(delta, z, b, t, lo, bvec, has_z, softplus, fast, dts, sig, zsig, raw, tmp, ibuf):  # pragma: no cover
     """Step t of row b for channels lo.. (vectors over the channels): dts = softplus(delta +
     bias), sig = its derivative, zsig = sigmoid(z)."""
@@ -176,7 +112,7 @@ def _step_gates(delta, z, b, t, lo, bvec, has_z, softplus, fast, dts, sig, zsig,
         _softplus_sigmoid_row(z[b, t, lo:lo + w], tmp, zsig, raw, ibuf, fast, True)
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _decay(dts, a_row, out, ibuf, fview, fast):  # pragma: no cover - compiled
     """out[j] = exp(dts[j] * a_row[j]) over the channels."""
     if not fast:
@@ -184,7 +120,7 @@ def _decay(dts, a_row, out, ibuf, fview, fast):  # pragma: no cover - compiled
             out[j] = math.exp(dts[j] * a_row[j])
         return
     for j in range(out.shape[0]):
-        out[j], ibuf[j] = _exp_parts(dts[j] * a_row[j], out)
+        out[j], ibuf[j] = exp_parts(dts[j] * a_row[j], out)
     for j in range(out.shape[0]):
         out[j] *= fview[j]
 
@@ -195,7 +131,7 @@ def _vectors(w, count, dtype):  # pragma: no cover - compiled
     return np.empty((count, w), dtype=dtype)
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _scan_fwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus, chunk, fast_exp,
               ngroups, out, ckpt, last):  # pragma: no cover - compiled
     # u, delta, z, out (B, L, D); At (N, D); Bt, Ct (B, L, N); ckpt (B, chunks, N, D); last (B, N, D)
@@ -211,7 +147,7 @@ def _scan_fwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplu
                                                            v[6], v[7], v[8], v[9])
         ibuf = np.empty(w, dtype=np.int32)
         fview = ibuf.view(np.float32)
-        zero = _like(0.0, At)
+        zero = like(0.0, At)
         for j in range(w):
             dvec[j] = Dv[lo + j] if has_d else zero
             bvec[j] = bias[lo + j] if has_bias else zero
@@ -247,7 +183,7 @@ def _scan_fwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplu
                 last[b, n, lo + j] = h[n, j]
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _scan_bwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplus, chunk, fast_exp,
               ngroups, ckpt, dout, dlast, has_dlast,
               du, ddelta, dz, dA_part, dD_part, dbias_part, dB_part, dC_part):  # pragma: no cover
@@ -272,8 +208,8 @@ def _scan_bwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplu
                                                            v[6], v[7], v[8], v[9])
         ibuf = np.empty(w, dtype=np.int32)
         fview = ibuf.view(np.float32)
-        zero = _like(0.0, At)
-        one = _like(1.0, At)
+        zero = like(0.0, At)
+        one = like(1.0, At)
         for j in range(w):
             dvec[j] = Dv[lo + j] if has_d else zero
             bvec[j] = bias[lo + j] if has_bias else zero
@@ -375,35 +311,9 @@ def _scan_bwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplu
             dbias_part[b, lo + j] = dbias_acc[j]
 
 
-#: the dtypes every fused CPU kernel here (scan, conv, low-rank attention, dropout) takes
-CPU_DTYPES = (torch.float32, torch.float64)
-
-
-def _check_inputs(u, delta, A, B, C, D, z, delta_bias, device_and_dtype: bool = True) -> None:
-    """Raise ``ValueError`` with the offending argument on any shape (and, for this CPU op,
-    dtype/device) mismatch."""
-    if u.dim() != 3:
-        raise ValueError(f"selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}")
-    nb, nd, length = u.shape
-    if A.dim() != 2 or A.shape[0] != nd:
-        raise ValueError(f"selective_scan: A must be (dim={nd}, N), got {tuple(A.shape)}")
-    nstate = A.shape[1]
-    expected = {
-        "delta": (delta, (nb, nd, length)),
-        "B": (B, (nb, nstate, length)),
-        "C": (C, (nb, nstate, length)),
-        "z": (z, (nb, nd, length)),
-        "D": (D, (nd,)),
-        "delta_bias": (delta_bias, (nd,)),
-    }
-    for name, (t, shape) in expected.items():
-        if t is not None and tuple(t.shape) != shape:
-            raise ValueError(
-                f"selective_scan: {name} must have shape {shape} (u is {tuple(u.shape)}, "
-                f"A is {tuple(A.shape)}), got {tuple(t.shape)}"
-            )
-    if not device_and_dtype:
-        return
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    """Raise ``ValueError`` with the offending argument on any shape, device or dtype mismatch."""
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
                "delta_bias": delta_bias}
     for name, t in tensors.items():
@@ -416,28 +326,6 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, device_and_dtype: bool = 
                 f"selective_scan (cpu backend): {name} has dtype {t.dtype}; float32 and float64 "
                 "are supported (cast with .float())"
             )
-
-
-def as_numpy(t: torch.Tensor | None, dtype: torch.dtype, ndim: int = 3) -> np.ndarray:
-    """A contiguous NumPy view of ``t`` in ``dtype``; for ``None`` a 1-element dummy with
-    ``ndim`` dimensions (a compiled kernel's argument types fix each array's rank)."""
-    if t is None:
-        return np.zeros((1,) * ndim, dtype=np.float64 if dtype == torch.float64 else np.float32)
-    return t.detach().to(dtype).contiguous().numpy()
-
-
-def needs_grad(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd must see an op on ``tensors``: the fused CPU kernels of the one-step
-    ops are inference-only, so their dispatch falls back to the torch form then."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def fusable_state(*states: torch.Tensor) -> bool:
-    """Whether the fused CPU one-step kernels can update ``states`` in place: contiguous CPU
-    tensors, all float32 or all float64."""
-    dtype = states[0].dtype
-    return dtype in CPU_DTYPES and all(
-        t.device.type == "cpu" and t.is_contiguous() and t.dtype == dtype for t in states)
 
 
 def _ngroups(batch: int, dim: int) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recbole_mamba.ops.cpu_common import check_shapes
+
 
 def selective_scan_ref(
     u: torch.Tensor,
@@ -59,3 +61,22 @@ def selective_scan_ref(
         out = out * F.silu(z.to(work))
     out = out.to(dtype_in)
     return (out, x) if return_last_state else out
+
+
+def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
+    """The scan's shape contract (every backend's): raise ``ValueError`` naming the first
+    argument whose shape does not fit u (batch, dim, L) and A (dim, N)."""
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    nb, nd, length = u.shape
+    if A.dim() != 2 or A.shape[0] != nd:
+        raise ValueError(f"selective_scan: A must be (dim={nd}, N), got {tuple(A.shape)}")
+    nstate = A.shape[1]
+    check_shapes("selective_scan", {
+        "delta": (delta, (nb, nd, length)),
+        "B": (B, (nb, nstate, length)),
+        "C": (C, (nb, nstate, length)),
+        "z": (z, (nb, nd, length)),
+        "D": (D, (nd,)),
+        "delta_bias": (delta_bias, (nd,)),
+    }, f"u is {tuple(u.shape)}, A is {tuple(A.shape)}")

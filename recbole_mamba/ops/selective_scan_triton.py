@@ -33,6 +33,8 @@ import os
 
 import torch
 
+from recbole_mamba.ops.selective_scan_ref import check_scan_inputs
+
 try:
     import triton
     import triton.language as tl
@@ -208,15 +210,13 @@ _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
-    from recbole_mamba.ops.selective_scan_cpu import _check_inputs
-
     if triton is None:
         raise ValueError("mamba_backend 'triton' needs the triton package (it ships with CUDA builds "
                          "of torch; pip install triton)")
     if u.device.type != "cuda" and not interpreter_on():
         raise ValueError(f"mamba_backend 'triton' needs CUDA tensors; the input is on {u.device} "
                          "(set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter)")
-    _check_inputs(u, delta, A, B, C, D, z, delta_bias, device_and_dtype=False)
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     for name, t in {"u": u, "delta": delta, "B": B, "C": C, "z": z}.items():
         if t is not None and t.dtype not in _SUPPORTED:
             raise ValueError(f"selective_scan (triton backend): {name} has dtype {t.dtype}; float32, "

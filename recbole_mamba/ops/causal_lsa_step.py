@@ -1,4 +1,4 @@
-"""One event of MLSA4Rec's causal low-rank attention (inference): ``lsa_step``.
+"""One event of MLSA4Rec's causal low-rank attention (inference): ``causal_lsa_step``.
 
 The causal interest pooling keeps, per pooling (key and value) and row, online-softmax sums over
 the positions seen so far: a running max ``top`` (P,), a normaliser ``norm`` (P,) and a weighted
@@ -18,8 +18,8 @@ and the query ``q`` (D,) of the new position, in H heads of D/H, reads the poole
 Shapes: q, key_x, value_x (batch, D); logit_k, logit_v, top_*, norm_* (batch, P); total_*
 (batch, P, D) -> ctx (batch, D); the six state tensors are updated in place.
 
-On CPU, with no gradient needed and contiguous float32/float64 state, a numba kernel does all of
-it in one pass over the two (P, D) sums per row. The torch form (:func:`lsa_step_ref`, also the
+With the cpu backend, no gradient needed and contiguous float32/float64 state, a numba kernel
+does all of it in one pass over the two (P, D) sums per row. The torch form (:func:`causal_lsa_step_ref`, also the
 reference in the tests) needs about ten passes and (batch, P, D) temporaries; it took ~0.7 ms of
 an MLSA4Rec event at batch 256, as much as a Mamba step.
 """
@@ -33,14 +33,9 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import (
-    _FASTMATH,
-    _exp_row,
-    _like,
-    as_numpy,
-    fusable_state,
-    needs_grad,
-)
+from recbole_mamba.ops.backend import resolve_backend
+from recbole_mamba.ops.cpu_common import (FASTMATH, as_numpy, check_shapes, exp_row, fusable_state, like, needs_grad,
+                                         pool_update)
 
 
 def _running_update_ref(logit, x, top, norm, total):
@@ -52,7 +47,7 @@ def _running_update_ref(logit, x, top, norm, total):
     top.copy_(new_top)
 
 
-def lsa_step_ref(q: torch.Tensor, key_x: torch.Tensor, value_x: torch.Tensor, logit_k: torch.Tensor,
+def causal_lsa_step_ref(q: torch.Tensor, key_x: torch.Tensor, value_x: torch.Tensor, logit_k: torch.Tensor,
                  logit_v: torch.Tensor, top_k: torch.Tensor, norm_k: torch.Tensor, total_k: torch.Tensor,
                  top_v: torch.Tensor, norm_v: torch.Tensor, total_v: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Plain torch (autograd-safe, any device); see the module docstring. Returns ctx (batch, D)."""
@@ -69,30 +64,7 @@ def lsa_step_ref(q: torch.Tensor, key_x: torch.Tensor, value_x: torch.Tensor, lo
     return (total_v.reshape(batch, -1, n_heads, head_dim) * probs.unsqueeze(-1)).sum(1).reshape(batch, dim)
 
 
-@njit(inline="always", fastmath=_FASTMATH)
-def _running_update(logit, x, top, norm, total, arg, scale, weight, ibuf, fast):  # pragma: no cover
-    """One row's online-softmax update, in place; ``arg``/``scale``/``weight`` are (P,) buffers."""
-    nint = top.shape[0]
-    one = _like(1.0, top)
-    for p in range(nint):
-        new_top = logit[p] if logit[p] > top[p] else top[p]
-        arg[p] = top[p] - new_top  # -inf for an empty row
-        weight[p] = logit[p] - new_top
-        top[p] = new_top
-    _exp_row(one, arg, scale, ibuf, ibuf.view(np.float32), fast)
-    _exp_row(one, weight, weight, ibuf, ibuf.view(np.float32), fast)
-    for p in range(nint):
-        if arg[p] == -np.inf:  # the fast exp clamps its argument at -87: force the exact 0
-            scale[p] = 0
-        norm[p] = norm[p] * scale[p] + weight[p]
-        row = total[p]
-        s = scale[p]
-        w = weight[p]
-        for d in range(row.shape[0]):
-            row[d] = row[d] * s + w * x[d]
-
-
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _lsa_step(q, key_x, value_x, logit_k, logit_v, top_k, norm_k, total_k, top_v, norm_v, total_v,
               n_heads, fast_exp, nblocks, ctx):  # pragma: no cover - compiled
     nb, dim = q.shape
@@ -107,19 +79,19 @@ def _lsa_step(q, key_x, value_x, logit_k, logit_v, top_k, norm_k, total_k, top_v
         weight = np.empty(nint, dtype=q.dtype)
         ibuf = np.empty(nint, dtype=np.int32)
         probs = np.empty((n_heads, nint), dtype=q.dtype)
-        inv_sqrt = _like(1.0 / math.sqrt(head_dim), q)
-        one = _like(1.0, q)
+        inv_sqrt = like(1.0 / math.sqrt(head_dim), q)
+        one = like(1.0, q)
         for b in range(blk * per_block, min(nb, (blk + 1) * per_block)):
-            _running_update(logit_k[b], key_x[b], top_k[b], norm_k[b], total_k[b], arg, scale, weight, ibuf,
-                            fast_exp)
-            _running_update(logit_v[b], value_x[b], top_v[b], norm_v[b], total_v[b], arg, scale, weight, ibuf,
-                            fast_exp)
+            pool_update(logit_k[b], key_x[b], top_k[b], norm_k[b], total_k[b], top_k[b], norm_k[b],
+                        total_k[b], arg, scale, weight, ibuf, fast_exp)
+            pool_update(logit_v[b], value_x[b], top_v[b], norm_v[b], total_v[b], top_v[b], norm_v[b],
+                        total_v[b], arg, scale, weight, ibuf, fast_exp)
             qh = q[b].reshape(n_heads, head_dim)
             keys = total_k[b].reshape(nint, n_heads, head_dim)
             for p in range(nint):
                 denom = inv_sqrt / norm_k[b, p]
                 for h in range(n_heads):
-                    acc = _like(0.0, q)
+                    acc = like(0.0, q)
                     for j in range(head_dim):
                         acc += keys[p, h, j] * qh[h, j]
                     probs[h, p] = acc * denom
@@ -130,8 +102,8 @@ def _lsa_step(q, key_x, value_x, logit_k, logit_v, top_k, norm_k, total_k, top_v
                     top = srow[p] if srow[p] > top else top
                 for p in range(nint):
                     arg[p] = srow[p] - top
-                _exp_row(one, arg, srow, ibuf, ibuf.view(np.float32), fast_exp)
-                tot = _like(0.0, q)
+                exp_row(one, arg, srow, ibuf, ibuf.view(np.float32), fast_exp)
+                tot = like(0.0, q)
                 for p in range(nint):
                     tot += srow[p]
                 for p in range(nint):
@@ -148,28 +120,29 @@ def _lsa_step(q, key_x, value_x, logit_k, logit_v, top_k, norm_k, total_k, top_v
                         out[h, j] += w * values[p, h, j]
 
 
-def lsa_step(q: torch.Tensor, key_x: torch.Tensor, value_x: torch.Tensor, logit_k: torch.Tensor,
-             logit_v: torch.Tensor, top_k: torch.Tensor, norm_k: torch.Tensor, total_k: torch.Tensor,
-             top_v: torch.Tensor, norm_v: torch.Tensor, total_v: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Dispatch: the numba kernel for contiguous float32/float64 CPU state when no gradient is
-    needed, :func:`lsa_step_ref` otherwise. Shapes in the module docstring; returns ctx
-    (batch, D) in q's dtype and updates the six state tensors in place."""
+def causal_lsa_step(q: torch.Tensor, key_x: torch.Tensor, value_x: torch.Tensor, logit_k: torch.Tensor,
+                    logit_v: torch.Tensor, top_k: torch.Tensor, norm_k: torch.Tensor, total_k: torch.Tensor,
+                    top_v: torch.Tensor, norm_v: torch.Tensor, total_v: torch.Tensor, n_heads: int,
+                    backend: str = "auto") -> torch.Tensor:
+    """Dispatch: the numba kernel when ``backend`` resolves to ``cpu``
+    (:func:`recbole_mamba.ops.backend.resolve_backend`) for contiguous float32/float64 state and
+    no gradient is needed, :func:`causal_lsa_step_ref` otherwise. Shapes in the module docstring;
+    returns ctx (batch, D) in q's dtype and updates the six state tensors in place."""
     state = (top_k, norm_k, total_k, top_v, norm_v, total_v)
     batch, dim = q.shape
     nint = top_k.shape[-1]
-    expected = {"key_x": (key_x, (batch, dim)), "value_x": (value_x, (batch, dim)),
-                "logit_k": (logit_k, (batch, nint)), "logit_v": (logit_v, (batch, nint)),
-                "top_k": (top_k, (batch, nint)), "norm_k": (norm_k, (batch, nint)),
-                "total_k": (total_k, (batch, nint, dim)), "top_v": (top_v, (batch, nint)),
-                "norm_v": (norm_v, (batch, nint)), "total_v": (total_v, (batch, nint, dim))}
-    for name, (t, shape) in expected.items():
-        if tuple(t.shape) != shape:
-            raise ValueError(f"lsa_step: {name} must have shape {shape} (q is {tuple(q.shape)}, "
-                             f"{nint} interests), got {tuple(t.shape)}")
+    check_shapes("causal_lsa_step", {
+        "key_x": (key_x, (batch, dim)), "value_x": (value_x, (batch, dim)),
+        "logit_k": (logit_k, (batch, nint)), "logit_v": (logit_v, (batch, nint)),
+        "top_k": (top_k, (batch, nint)), "norm_k": (norm_k, (batch, nint)),
+        "total_k": (total_k, (batch, nint, dim)), "top_v": (top_v, (batch, nint)),
+        "norm_v": (norm_v, (batch, nint)), "total_v": (total_v, (batch, nint, dim))},
+        f"q is {tuple(q.shape)}, {nint} interests")
     if dim % n_heads:
-        raise ValueError(f"lsa_step: D={dim} is not a multiple of n_heads={n_heads}")
-    if needs_grad(q, key_x, value_x, logit_k, logit_v, *state) or not fusable_state(*state):
-        return lsa_step_ref(q, key_x, value_x, logit_k, logit_v, *state, n_heads)
+        raise ValueError(f"causal_lsa_step: D={dim} is not a multiple of n_heads={n_heads}")
+    chosen = resolve_backend(backend, q.device)
+    if chosen != "cpu" or needs_grad(q, key_x, value_x, logit_k, logit_v, *state) or not fusable_state(*state):
+        return causal_lsa_step_ref(q, key_x, value_x, logit_k, logit_v, *state, n_heads)
     dtype = top_k.dtype
     ctx = torch.empty((batch, dim), dtype=dtype)
     _lsa_step(as_numpy(q, dtype, 2), as_numpy(key_x, dtype, 2), as_numpy(value_x, dtype, 2),

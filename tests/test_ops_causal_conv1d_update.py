@@ -37,6 +37,6 @@ def test_gradient_goes_through_the_torch_form():
 
 
 def test_shape_mismatch_is_named():
-    with pytest.raises(ValueError, match=r"needs x \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(2, 3\)"):
         with torch.no_grad():
             causal_conv1d_update(torch.randn(2, 5), torch.randn(2, 3, 4), torch.randn(3, 4))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recbole_mamba.layers import LowRankSelfAttention
-from recbole_mamba.ops import lsa_step, lsa_step_ref
+from recbole_mamba.ops import causal_lsa_step, causal_lsa_step_ref
 
 BATCH, DIM, HEADS, INTERESTS = 5, 16, 4, 6
 
@@ -26,8 +26,8 @@ def test_kernel_matches_torch_form_over_many_events(dtype):
         q, kx, vx = (torch.randn(BATCH, DIM, generator=gen, dtype=dtype) for _ in range(3))
         # logits that rise and fall by a lot, so the running max moves both ways
         lk, lv = (torch.randn(BATCH, INTERESTS, generator=gen, dtype=dtype) * (1 + step % 7) * 3 for _ in range(2))
-        out = lsa_step(q, kx, vx, lk, lv, *fused, HEADS)
-        expected = lsa_step_ref(q, kx, vx, lk, lv, *ref, HEADS)
+        out = causal_lsa_step(q, kx, vx, lk, lv, *fused, HEADS)
+        expected = causal_lsa_step_ref(q, kx, vx, lk, lv, *ref, HEADS)
         assert out.dtype == dtype
         torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
         for got, want in zip(fused, ref):
@@ -52,11 +52,11 @@ def test_gradient_goes_through_the_torch_form():
     kx, vx = torch.randn(BATCH, DIM, dtype=torch.float64), torch.randn(BATCH, DIM, dtype=torch.float64)
     lk, lv = torch.randn(BATCH, INTERESTS, dtype=torch.float64), torch.randn(BATCH, INTERESTS, dtype=torch.float64)
     prefix = _empty_state(torch.float64)
-    lsa_step_ref(torch.randn(BATCH, DIM, dtype=torch.float64), kx, vx, lk, lv, *prefix, HEADS)
+    causal_lsa_step_ref(torch.randn(BATCH, DIM, dtype=torch.float64), kx, vx, lk, lv, *prefix, HEADS)
 
     def fn(q):
         state = [t.clone() for t in prefix]
-        return lsa_step(q, kx * 0.5, vx * 2, lk - 1, lv + 1, *state, HEADS)
+        return causal_lsa_step(q, kx * 0.5, vx * 2, lk - 1, lv + 1, *state, HEADS)
 
     assert torch.autograd.gradcheck(fn, (q,))
 
@@ -66,4 +66,4 @@ def test_shape_mismatch_is_named():
     state[2] = torch.zeros(BATCH, INTERESTS, DIM + 1)
     q = torch.randn(BATCH, DIM)
     with pytest.raises(ValueError, match="total_k must have shape"):
-        lsa_step(q, q, q, torch.zeros(BATCH, INTERESTS), torch.zeros(BATCH, INTERESTS), *state, HEADS)
+        causal_lsa_step(q, q, q, torch.zeros(BATCH, INTERESTS), torch.zeros(BATCH, INTERESTS), *state, HEADS)

@@ -17,7 +17,7 @@ chunked, ~60 small batched products, divisions and casts per call; at L=200 (bat
 H=8) the layer's fwd+bwd took 66 ms (27 ms with this kernel), a quarter of a MLSA4Rec training
 step, for ~0.2 GFLOP of work. And the torch forms shift all prefixes by one max (the sequence's), so prefixes far below
 it need float64 (see ``layers.lsa.FLOAT32_SAFE_SPREAD``). Here each row runs the online softmax
-of :mod:`recbole_mamba.ops.lsa_step` position by position: a running max per interest, with
+of :mod:`recbole_mamba.ops.causal_lsa_step` position by position: a running max per interest, with
 which every weight is <= 1 and every normaliser >= 1, so float32 is exact enough at any spread.
 
 Backward (one reverse pass per row) recomputes the running sums chunk by chunk from checkpoints
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from recbole_mamba.ops.cpu_common import CPU_DTYPES, FASTMATH, as_numpy, exp_or_zero, exp_row, like, pool_update
 from recbole_mamba.ops.dropout_cpu import draw_seed, keep_hash, threshold
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, CPU_DTYPES, _exp_row, _like, as_numpy
 
 CHUNK = 32
 """Positions between two saved running states; backward recomputes one chunk at a time."""
@@ -49,10 +49,10 @@ CHUNK = 32
 # run-time trip count that short, LLVM's vector loop never runs and the scalar remainder plus
 # its set-up cost more than the work (these loops were ~85% of the forward). The helpers below
 # branch to fixed trip counts for the usual head sizes, which LLVM turns into single vector ops.
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _seg_dot(a, b, o, dh):  # pragma: no cover - compiled
     """sum_j a[o + j] * b[o + j], j < dh."""
-    acc = _like(0.0, a)
+    acc = like(0.0, a)
     if dh == 8:
         for j in range(8):
             acc += a[o + j] * b[o + j]
@@ -68,7 +68,7 @@ def _seg_dot(a, b, o, dh):  # pragma: no cover - compiled
     return acc
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _seg_axpy(w, x, out, o, dh):  # pragma: no cover - compiled
     """out[o + j] += w * x[o + j], j < dh."""
     if dh == 8:
@@ -85,7 +85,7 @@ def _seg_axpy(w, x, out, o, dh):  # pragma: no cover - compiled
             out[o + j] += w * x[o + j]
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _seg_scale(w, x, out, o, dh):  # pragma: no cover - compiled
     """out[o + j] = w * x[o + j], j < dh."""
     if dh == 8:
@@ -102,55 +102,14 @@ def _seg_scale(w, x, out, o, dh):  # pragma: no cover - compiled
             out[o + j] = w * x[o + j]
 
 
-@njit(inline="always", fastmath=_FASTMATH)
-def _exp_or_zero(arg, out, ibuf, fast):  # pragma: no cover - compiled
-    """out[p] = exp(arg[p]), exactly 0 where arg[p] is -inf (the fast exp clamps at -87)."""
-    one = _like(1.0, arg)
-    _exp_row(one, arg, out, ibuf, ibuf.view(np.float32), fast)
-    for p in range(arg.shape[0]):
-        if arg[p] == -np.inf:
-            out[p] = 0
-
-
-@njit(inline="always", fastmath=_FASTMATH)
-def _pool_update(logit, x, top0, norm0, total0, top, norm, total, arg, scale, weight, ibuf,
-                 fast):  # pragma: no cover - compiled
-    """Add one position to a row's online-softmax pooling: the state (top0 (P,), norm0 (P,),
-    total0 (P, D)) before it -> (top, norm, total) after it (the same arrays: in place). A
-    ``-inf`` logit (padding) leaves interest p unchanged."""
-    nint = top.shape[0]
-    for p in range(nint):
-        lg = logit[p]
-        old = top0[p]
-        if lg == -np.inf:
-            arg[p] = 0.0
-            weight[p] = -np.inf
-            top[p] = old
-        else:
-            new_top = lg if lg > old else old
-            arg[p] = old - new_top  # -inf while the pooling is empty
-            weight[p] = lg - new_top
-            top[p] = new_top
-    _exp_or_zero(arg, scale, ibuf, fast)
-    _exp_or_zero(weight, weight, ibuf, fast)
-    for p in range(nint):
-        norm[p] = norm0[p] * scale[p] + weight[p]
-        row0 = total0[p]
-        row = total[p]
-        s = scale[p]
-        w = weight[p]
-        for d in range(row.shape[0]):
-            row[d] = row0[d] * s + w * x[d]
-
-
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _inverse(norm, out):  # pragma: no cover - compiled
     """out[p] = 1 / norm[p], 0 for an empty pooling (norm 0: no real position yet)."""
     for p in range(norm.shape[0]):
         out[p] = 1 / norm[p] if norm[p] > 0 else 0
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _softmax_rows(scores, arg, ibuf, fast):  # pragma: no cover - compiled
     """In place, each row of scores (H, P) -> its softmax over P."""
     for h in range(scores.shape[0]):
@@ -160,27 +119,27 @@ def _softmax_rows(scores, arg, ibuf, fast):  # pragma: no cover - compiled
             top = row[p] if row[p] > top else top
         for p in range(row.shape[0]):
             arg[p] = row[p] - top
-        _exp_row(_like(1.0, row), arg, row, ibuf, ibuf.view(np.float32), fast)
-        tot = _like(0.0, row)
+        exp_row(like(1.0, row), arg, row, ibuf, ibuf.view(np.float32), fast)
+        tot = like(0.0, row)
         for p in range(row.shape[0]):
             tot += row[p]
         for p in range(row.shape[0]):
             row[p] = row[p] / tot
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _drop_factors(b, t, length, seed, thresh, drop_scale, out):  # pragma: no cover - compiled
     """out (H, P): the attention dropout's factor (1 / (1 - p) kept, 0 dropped) of each interest
     weight of (row b, position t)."""
     n_heads, nint = out.shape
     base = (b * length + t) * n_heads * nint
-    zero = _like(0.0, out)
+    zero = like(0.0, out)
     for h in range(n_heads):
         for p in range(nint):
             out[h, p] = drop_scale if keep_hash(seed, base + h * nint + p) >= thresh else zero
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _mix(probs, b, t, length, has_drop, seed, thresh, drop_scale, factor, mix):  # pragma: no cover
     """mix (H, P) = probs (H, P) after the attention dropout of (row b, position t); factor (H,
     P) gets the dropout's factors (backward applies them to the gradient)."""
@@ -193,7 +152,7 @@ def _mix(probs, b, t, length, has_drop, seed, thresh, drop_scale, factor, mix): 
             mix[h, p] = probs[h, p] * factor[h, p]
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _lsa_fwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_scale, chunk, fast,
              save, ctx, probs_out, ck_top, ck_norm, ck_total):  # pragma: no cover - compiled
     # q, kx, vx, ctx (B, L, D); lk, lv (B, L, P); probs_out (B, L, H, P) (softmax before dropout);
@@ -222,7 +181,7 @@ def _lsa_fwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
                 ck_total[b, c] = total
             for k in range(2):
                 logit, x = (lk[b, t], kx[b, t]) if k == 0 else (lv[b, t], vx[b, t])
-                _pool_update(logit, x, top[k], norm[k], total[k], top[k], norm[k], total[k], arg, sc,
+                pool_update(logit, x, top[k], norm[k], total[k], top[k], norm[k], total[k], arg, sc,
                              wt, ibuf, fast)
             _inverse(norm[0], inv[0])
             _inverse(norm[1], inv[1])
@@ -244,7 +203,7 @@ def _lsa_fwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
                     _seg_axpy(mix[h, p] * inv[1, p], values, out, h * dh, dh)
 
 
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _pool_backward(x, logit, top, norm, total, inv, grad, acc_g, acc_c, next_top, dx, dlogit,
                    arg, dec, e, ibuf, fast):  # pragma: no cover - compiled
     """One position of one pooling's backward, for row b (arrays already indexed by b).
@@ -259,8 +218,8 @@ def _pool_backward(x, logit, top, norm, total, inv, grad, acc_g, acc_c, next_top
         arg[p] = m - nt if (m != -np.inf and nt != -np.inf) else -np.inf
         e[p] = logit[p] - m if (m != -np.inf and logit[p] != -np.inf) else -np.inf
         next_top[p] = m
-    _exp_or_zero(arg, dec, ibuf, fast)
-    _exp_or_zero(e, e, ibuf, fast)
+    exp_or_zero(arg, dec, ibuf, fast)
+    exp_or_zero(e, e, ibuf, fast)
     dx[:] = 0
     for p in range(nint):
         f = inv[p]
@@ -268,20 +227,20 @@ def _pool_backward(x, logit, top, norm, total, inv, grad, acc_g, acc_c, next_top
         g = acc_g[p]
         gr = grad[p]
         kp = total[p]
-        c = _like(0.0, total)
+        c = like(0.0, total)
         for j in range(dim):
             c += kp[j] * gr[j]
             g[j] = g[j] * d + gr[j] * f
         acc_c[p] = acc_c[p] * d + c * f * f  # <K', dK'> / Z with K' = total / Z
         ep = e[p]
-        xg = _like(0.0, total)
+        xg = like(0.0, total)
         for j in range(dim):
             xg += x[j] * g[j]
             dx[j] += ep * g[j]
         dlogit[p] = ep * (xg - acc_c[p])
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _lsa_bwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_scale, chunk, fast,
              probs_in, ck_top, ck_norm, ck_total, dctx, dq, dkx, dvx, dlk, dlv):  # pragma: no cover
     # as _lsa_fwd; dctx, dq, dkx, dvx (B, L, D); dlk, dlv (B, L, P)
@@ -316,7 +275,7 @@ def _lsa_bwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
                 t = t0 + i
                 for k in range(2):
                     logit, x = (lk[b, t], kx[b, t]) if k == 0 else (lv[b, t], vx[b, t])
-                    _pool_update(logit, x, tops[i, k], norms[i, k], totals[i, k], tops[i + 1, k],
+                    pool_update(logit, x, tops[i, k], norms[i, k], totals[i, k], tops[i + 1, k],
                                  norms[i + 1, k], totals[i + 1, k], arg, sc, wt, ibuf, fast)
             for i in range(steps, 0, -1):  # i: index of the state after position t
                 t = t0 + i - 1
@@ -340,7 +299,7 @@ def _lsa_bwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
                         for p in range(nint):
                             dmix[h, p] *= factor[h, p]
                 for h in range(n_heads):
-                    dot = _like(0.0, q)
+                    dot = like(0.0, q)
                     for p in range(nint):
                         dot += probs[h, p] * dmix[h, p]
                     for p in range(nint):

@@ -7,9 +7,9 @@ Same semantics as the causal-conv1d package's function of that name, which mamba
     out        = act(sum(conv_state * weight, -1) + bias)           act: SiLU or none
 
 x (batch, dim), conv_state (batch, dim, width), weight (dim, width), bias (dim,) ->
-out (batch, dim). On CPU a numba kernel does the shift, the dot and the activation in one pass
+out (batch, dim). With the cpu backend a numba kernel does the shift, the dot and the activation in one pass
 over the state (the torch form is six operations and a copy of the state, per layer and event);
-elsewhere, and whenever autograd must see the step, the torch form.
+with any other backend, and whenever autograd must see the step, the torch form.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like, as_numpy, fusable_state, needs_grad
+from recbole_mamba.ops.backend import resolve_backend
+from recbole_mamba.ops.cpu_common import FASTMATH, as_numpy, check_shapes, exp_row, fusable_state, like, needs_grad
 
 
 def causal_conv1d_update_ref(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
@@ -33,7 +34,7 @@ def causal_conv1d_update_ref(x: torch.Tensor, conv_state: torch.Tensor, weight: 
     return F.silu(out) if silu else out
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _update(x, state, weight, bias, has_bias, silu, fast_exp, out):  # pragma: no cover - compiled
     nb, nd, width = state.shape
     for b in prange(nb):
@@ -53,25 +54,26 @@ def _update(x, state, weight, bias, has_bias, silu, fast_exp, out):  # pragma: n
             # per channel was half of this kernel's time)
             neg = np.empty(nd, dtype=out.dtype)
             ibuf = np.empty(nd, dtype=np.int32)
-            _exp_row(_like(-1.0, out), acc_row, neg, ibuf, ibuf.view(np.float32), fast_exp)
-            one = _like(1.0, out)
+            exp_row(like(-1.0, out), acc_row, neg, ibuf, ibuf.view(np.float32), fast_exp)
+            one = like(1.0, out)
             for d in range(nd):
                 acc_row[d] = acc_row[d] / (one + neg[d])
 
 
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
-    """Dispatch: the numba kernel for a contiguous float32/float64 CPU state when no gradient
-    is needed, the torch form otherwise. Shapes as :func:`causal_conv1d_update_ref`."""
+                         bias: torch.Tensor | None = None, silu: bool = True,
+                         backend: str = "auto") -> torch.Tensor:
+    """Dispatch: the numba kernel when ``backend`` resolves to ``cpu``
+    (:func:`recbole_mamba.ops.backend.resolve_backend`) for a contiguous float32/float64 state
+    and no gradient is needed, the torch form otherwise. Shapes as :func:`causal_conv1d_update_ref`."""
     dtype = conv_state.dtype
-    if needs_grad(x, conv_state, weight, bias) or not fusable_state(conv_state):
+    chosen = resolve_backend(backend, conv_state.device)
+    if chosen != "cpu" or needs_grad(x, conv_state, weight, bias) or not fusable_state(conv_state):
         return causal_conv1d_update_ref(x, conv_state, weight, bias, silu)
     nb, nd, width = conv_state.shape
-    if x.shape != (nb, nd) or weight.shape != (nd, width) or (bias is not None and bias.shape != (nd,)):
-        raise ValueError(
-            f"causal_conv1d_update: conv_state {tuple(conv_state.shape)} needs x ({nb}, {nd}), weight "
-            f"({nd}, {width}), bias ({nd},); got x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
-            f"bias {None if bias is None else tuple(bias.shape)}")
+    check_shapes("causal_conv1d_update", {"x": (x, (nb, nd)), "weight": (weight, (nd, width)),
+                                          "bias": (bias, (nd,))},
+                 f"conv_state is {tuple(conv_state.shape)}")
 
     out = torch.empty((nb, nd), dtype=dtype)
     _update(as_numpy(x, dtype), conv_state.numpy(), as_numpy(weight, dtype), as_numpy(bias, dtype, 1),

@@ -8,9 +8,9 @@ Same signature and semantics as mamba-ssm's ``selective_state_update`` (its Trit
     state = exp(dt * A) * state + dt * B * x
     out   = (<state, C> + D * x) * silu(z)
 
-On CPU a fused numba kernel (one pass over the state, no temporaries: the plain torch form
-allocates seven (batch, dim, N) tensors per step, which dominates an online update); on CUDA
-mamba-ssm's kernel when it imports; the plain torch form otherwise and as the reference.
+Backend ``cpu``: a fused numba kernel (one pass over the state, no temporaries: the plain torch
+form allocates seven (batch, dim, N) tensors per step, which dominates an online update);
+``mamba_ssm``: mamba-ssm's kernel; otherwise the plain torch form, which is also the reference.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from recbole_mamba.ops.selective_scan_cpu import _FASTMATH, _exp_row, _like, as_numpy, fusable_state, needs_grad
+from recbole_mamba.ops.backend import resolve_backend
+from recbole_mamba.ops.cpu_common import FASTMATH, as_numpy, exp_row, fusable_state, like, needs_grad
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
@@ -42,7 +43,7 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     return out
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _update(state, x, dt, A, Bm, Cm, Dv, gate, has_d, has_gate, fast_exp, out):  # pragma: no cover - compiled
     nb, nd, nstate = state.shape
     for b in prange(nb):
@@ -51,12 +52,12 @@ def _update(state, x, dt, A, Bm, Cm, Dv, gate, has_d, has_gate, fast_exp, out): 
         fview = ibuf.view(np.float32)
         brow = Bm[b]
         crow = Cm[b]
-        zero = _like(0.0, A)
+        zero = like(0.0, A)
         for d in range(nd):
             step = dt[b, d]
             xt = x[b, d]
             dtx = step * xt
-            _exp_row(step, A[d], da, ibuf, fview, fast_exp)
+            exp_row(step, A[d], da, ibuf, fview, fast_exp)
             h = state[b, d]
             for n in range(nstate):
                 h[n] = da[n] * h[n] + dtx * brow[n]
@@ -113,13 +114,15 @@ def _mamba_ssm_state_update():
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                            backend: str = "auto"):
-    """Dispatch: the fused numba kernel for CPU tensors, mamba-ssm's kernel for CUDA tensors when
-    it imports, the plain torch form otherwise, for ``backend="reference"``, and whenever autograd
-    must see the step (the fused kernels are inference-only)."""
-    if backend == "reference" or needs_grad(x, dt, A, B, C, D, z, dt_bias):
+    """Dispatch on :func:`recbole_mamba.ops.backend.resolve_backend`: ``cpu`` runs the fused numba
+    kernel (contiguous float32/float64 state), ``mamba_ssm`` mamba-ssm's kernel, ``triton`` and
+    ``reference`` the plain torch form; so does any call autograd must see (the fused kernels
+    are inference-only). Shapes as :func:`selective_state_update_ref`."""
+    chosen = resolve_backend(backend, state.device)
+    if needs_grad(x, dt, A, B, C, D, z, dt_bias):
         return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    if fusable_state(state):
+    if chosen == "cpu" and fusable_state(state):
         return selective_state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    if state.device.type == "cuda" and backend in ("auto", "mamba_ssm") and _mamba_ssm_state_update() is not None:
+    if chosen == "mamba_ssm" and _mamba_ssm_state_update() is not None:
         return _mamba_ssm_state_update()(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
