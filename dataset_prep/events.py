@@ -297,7 +297,7 @@ load_col:
 MAX_ITEM_LIST_LENGTH: {max_len}        # each user keeps {keep} {max_len} events
 user_inter_num_interval: "[3,inf)"     # leave-one-out needs a train, a valid and a test event
 item_inter_num_interval: "[0,inf)"
-# The seed's protocol: leave-one-out by time, 100 uniformly sampled negatives.
+# The original paper's protocol: leave-one-out by time, 100 uniformly sampled negatives.
 eval_args:
   split: {{LS: valid_and_test}}
   order: TO

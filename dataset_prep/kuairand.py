@@ -2,7 +2,7 @@
 
 Input: one or more KuaiRand log CSVs (``log_standard_4_08_to_4_21_27k_part1.csv`` ..., optionally
 compressed), each with its header (``user_id,video_id,date,hourmin,time_ms,is_click,...``).
-Item = video id, one event per impression, time = ``time_ms``. Per user the first (the seed's
+Item = video id, one event per impression, time = ``time_ms``. Per user the first (the original paper's
 protocol) or last ``--max-len`` events are kept. ``--clicked-only`` keeps clicked impressions
 (``is_click == 1``) only.
 

@@ -156,6 +156,29 @@ def _default_neg_sampling_off_for_ce(self: Config) -> None:
         final["train_neg_sample_args"] = None
 
 
+#: RecBole's names for two of our models' keys: ``--n_layers=2`` on MambaRec means ``num_layers: 2``
+RECBOLE_NAMES = {"n_layers": "num_layers", "hidden_dropout_prob": "dropout_prob"}
+
+
+def _accept_recbole_names(self: Config) -> None:
+    """Our models read ``num_layers`` and ``dropout_prob``; a user who writes RecBole's names
+    (``n_layers``, ``hidden_dropout_prob``, as for SASRec) in a config file, a config dict or on
+    the command line gets them applied. The same key under both names with two values is an
+    error, not a silent choice."""
+    final = self.final_config_dict
+    sources = (self.file_config_dict, self.variable_config_dict, self.cmd_config_dict)
+    for theirs, ours in RECBOLE_NAMES.items():
+        if not any(theirs in src for src in sources):
+            continue
+        value = final[theirs]
+        if any(ours in src for src in sources) and final[ours] != value:
+            raise ValueError(
+                f"{self.model}: {theirs}={value} (RecBole's name) and {ours}={final[ours]} were both given; "
+                f"{self.model} reads {ours}. Give one of them."
+            )
+        final[ours] = value
+
+
 def _set_default_parameters(self: Config) -> None:
     """``Config._set_default_parameters`` that also knows our losses.
 
@@ -169,6 +192,8 @@ def _set_default_parameters(self: Config) -> None:
     from recbole_mamba.baselines import CAUSAL_BASELINES
     from recbole_mamba.models.losses import SHARED_NEGATIVE_LOSSES
 
+    if self.model in _MODELS:
+        _accept_recbole_names(self)
     if self.model not in _MODELS and self.model not in CAUSAL_BASELINES:
         return
     from recbole.utils import InputType

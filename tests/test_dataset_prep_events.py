@@ -1,5 +1,5 @@
 """dataset_prep.lfm1b / kuairand: exact outputs on hand-made files, every bad-line case,
-atomicity, compressed input, and a RecBole run on a converted file (uni100, the seed's protocol)."""
+atomicity, compressed input, and a RecBole run on a converted file (uni100, the original paper's protocol)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("model,extra", [
     ("MambaRec", {}),  # shipped YAML: attention variant, CE, all_positions
-    ("MambaRec", {"mamba_variant": "block", "loss_type": "BCE", "train_mode": "all_positions"}),  # the seed's
+    ("MambaRec", {"mamba_variant": "block", "loss_type": "BCE", "train_mode": "all_positions"}),  # the original code's
     ("MambaRec", {"loss_type": "CE", "train_mode": "augment"}),
     ("MambaRec", {"loss_type": "gBCE", "train_mode": "augment"}),
     ("MoEMaTrRec", {"loss_type": "BPR"}),

@@ -59,11 +59,11 @@ def test_bad_shapes_are_named():
 def test_mamba_cpu_channels_last_path_equals_general_path(dtype):
     torch.manual_seed(0)
     layer = Mamba(16, d_state=8, dtype=dtype)
-    assert layer._channels_last_path(torch.zeros(1, 1, 16, dtype=dtype))
+    assert layer._uses_cpu_kernels(torch.zeros(1, 1, 16, dtype=dtype))
     x = torch.randn(3, 37, 16, dtype=dtype, requires_grad=True)
-    fast = layer._forward_channels_last(x)
+    fast = layer._forward_cpu_kernels(x)
     grads_fast = torch.autograd.grad(fast.square().sum(), [x, *layer.parameters()])
-    general = layer._forward_channels_first(x)
+    general = layer._forward_general(x)
     grads_general = torch.autograd.grad(general.square().sum(), [x, *layer.parameters()])
     tol = 1e-5 if dtype == torch.float32 else 1e-11
     torch.testing.assert_close(fast, general, atol=tol, rtol=tol)

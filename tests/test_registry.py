@@ -60,6 +60,24 @@ def test_yaml_defaults_loaded_and_overridable(in_tmp):
     assert cfg["eval_args"]["order"] == "TO"
 
 
+def test_recbole_key_names_are_accepted(in_tmp, monkeypatch):
+    """n_layers / hidden_dropout_prob (SASRec's names) set our num_layers / dropout_prob, from a
+    config dict, a file or the command line; both names with two values is an error."""
+    cfg = Config(model="MambaRec", dataset="ml-100k", config_dict={"n_layers": 3, "hidden_dropout_prob": 0.35})
+    assert cfg["num_layers"] == 3 and cfg["dropout_prob"] == 0.35
+    yaml_file = in_tmp / "user.yaml"
+    yaml_file.write_text("n_layers: 2\n")
+    assert Config(model="MLSA4Rec", dataset="ml-100k", config_file_list=[str(yaml_file)])["num_layers"] == 2
+    monkeypatch.setattr(sys, "argv", ["run_recbole.py", "--hidden_dropout_prob=0.45"])
+    assert Config(model="MoEMaTrRec", dataset="ml-100k")["dropout_prob"] == 0.45
+    monkeypatch.setattr(sys, "argv", ["run_recbole.py"])
+    assert Config(model="MambaRec", dataset="ml-100k", config_dict={"n_layers": 2, "num_layers": 2})["num_layers"] == 2
+    with pytest.raises(ValueError, match="n_layers=2 .*num_layers=4 were both given"):
+        Config(model="MambaRec", dataset="ml-100k", config_dict={"n_layers": 2, "num_layers": 4})
+    # RecBole's own models are untouched
+    assert "num_layers" not in Config(model="SASRec", dataset="ml-100k", config_dict={"n_layers": 1}).final_config_dict
+
+
 def test_run_recbole_script_flags_and_unknown_model(in_tmp):
     bad = subprocess.run([sys.executable, str(ROOT / "run_recbole.py"), "--model=Nope", "--dataset=ml-100k"],
                          capture_output=True, text=True, cwd=in_tmp, timeout=300)

@@ -11,7 +11,7 @@ from recbole_mamba.layers.dropout import Dropout
 class FeedForward(nn.Module):
     """``LN(Dropout(W2 act(W1 h)) + h)`` with W1: D -> inner, W2: inner -> D.
 
-    (batch, L, D) -> (batch, L, D). ``inner`` defaults to 4*D (the seed's and Mamba4Rec's FFN).
+    (batch, L, D) -> (batch, L, D). ``inner`` defaults to 4*D (the original code's and Mamba4Rec's FFN).
     """
 
     def __init__(self, d_model: int, inner_size: int | None = None, dropout: float = 0.1,

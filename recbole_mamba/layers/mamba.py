@@ -122,20 +122,20 @@ class Mamba(nn.Module):
                 f"Mamba expects (batch, L, d_model={self.d_model}), got {tuple(hidden_states.shape)}"
             )
 
-    def _channels_last_path(self, hidden_states: torch.Tensor) -> bool:
+    def _uses_cpu_kernels(self, hidden_states: torch.Tensor) -> bool:
         """Whether :meth:`forward` runs the CPU kernels end to end in (batch, L, channels)."""
         return runs_cpu_kernels(self.backend, hidden_states, self.in_proj.weight, self.conv1d.weight)
 
-    def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def _forward_cpu_kernels(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The CPU forward: (batch, L, d_model) -> (batch, L, d_model), every tensor channels-last.
 
         Same function as the general path; the difference is layout. in_proj runs as two linear
         maps (its x and z halves: contiguous (batch, L, d_inner) each, where slicing one output
         would leave strided halves), the conv + SiLU is our channels-last kernel, x_proj reads
         its output without a transpose, and the scan gets transposed views of contiguous
-        (batch, L, d_inner) tensors, which its CPU kernels read without a copy. The general path
-        transposes in_proj's output for torch's conv1d and the CPU scan copied it back, in
-        forward and backward.
+        (batch, L, d_inner) tensors, which its CPU kernels read without a copy. The general path's
+        layout would cost a transpose of in_proj's output for torch's conv1d and a copy back for
+        the CPU scan, in forward and backward.
         """
         d_inner = self.d_inner
         w, b = self.in_proj.weight, self.in_proj.bias
@@ -155,11 +155,11 @@ class Mamba(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model)."""
         self._check_input(hidden_states)
-        if self._channels_last_path(hidden_states):
-            return self._forward_channels_last(hidden_states)
-        return self._forward_channels_first(hidden_states)
+        if self._uses_cpu_kernels(hidden_states):
+            return self._forward_cpu_kernels(hidden_states)
+        return self._forward_general(hidden_states)
 
-    def _forward_channels_first(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def _forward_general(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The general forward (any device, any backend): mamba-ssm's (batch, channels, L) layout."""
         length = hidden_states.shape[1]
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2*d_inner, L)

@@ -3,7 +3,7 @@
 A row holds a window ``item_seq`` (batch, L) of a user's history, its length and the item that
 follows (``POS_ITEM_ID``). Output t predicts item t+1 of the window, the last real output predicts
 ``POS_ITEM_ID``: every position of the window is a training target, as in SASRec's original code,
-RecMamba and the MambaRec seed. The loss itself is :class:`recbole_mamba.models.losses.RecLoss`.
+RecMamba and the original MambaRec code. The loss itself is :class:`recbole_mamba.models.losses.RecLoss`.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ class MambaSequentialBase(SequentialRecommender):
         hidden = self.encode(item_seq, item_seq_len)
         return self.gather_indexes(hidden, item_seq_len - 1)
 
-    def causal_config_error(self) -> str | None:
+    def non_causal_reason(self) -> str | None:
         """Why this configuration lets position t see later positions (None when it does not).
 
         All-position training needs every output to depend only on positions <= t.
@@ -130,7 +130,7 @@ class MambaSequentialBase(SequentialRecommender):
 
     def _all_positions_loss(self, interaction) -> torch.Tensor:
         """Loss at every real position (see :func:`all_positions_loss`)."""
-        why = self.causal_config_error()
+        why = self.non_causal_reason()
         if why is not None:
             raise ValueError(f"{type(self).__name__}: train_mode all_positions needs a causal model: {why}")
         loss = all_positions_loss(self, interaction, self.encode)
@@ -179,7 +179,7 @@ class MambaSequentialBase(SequentialRecommender):
                 f"{type(self).__name__}: online state is for inference; call model.eval() first "
                 "(dropout would make the state random)"
             )
-        why = self.causal_config_error()
+        why = self.non_causal_reason()
         if why is not None:
             raise ValueError(
                 f"{type(self).__name__}: this configuration cannot be updated event by event, since "

@@ -8,7 +8,7 @@ outputs at the trained positions: one per row (``train_mode: augment``) or every
 * ``CE``: softmax over all items. Memory O(positions x n_items).
 * ``BPR``: -log sigmoid(s+ - s-) with one negative per position (RecBole's ``BPRLoss``).
 * ``BCE``: binary cross-entropy of s+ against 1 and s- against 0, one negative per position (the
-  MambaRec seed's loss).
+  original MambaRec code's loss).
 * ``SS``: sampled softmax. ``n_negatives`` item ids are drawn once per batch and shared by every
   position; each position's classes are its target and those negatives (a negative equal to the
   target is masked out). Memory O(positions x n_negatives), never O(positions x n_items).

@@ -1,11 +1,11 @@
-"""MambaRec (seed: alokamgnaneswarasai/MambaRec), two variants chosen by ``mamba_variant``.
+"""MambaRec (original code: alokamgnaneswarasai/MambaRec), two variants chosen by ``mamba_variant``.
 
-* ``block`` (MambaRec*, the seed's best; RecMamba is this form with hidden 64):
+* ``block`` (MambaRec*, the original code's best; RecMamba is this form with hidden 64):
   x = Dropout(E[i]*sqrt(D) + P[pos]); then ``num_layers`` Mamba mixers that each replace a whole
-  Transformer block. The seed applies the mixer bare (``block_residual: False``);
+  Transformer block. The original code applies the mixer bare (``block_residual: False``);
   ``block_residual: True`` wraps each one as LN(Dropout(Mamba(x)) + x), the form its ablation
   reports helps.
-* ``attention`` (seed Figure 2, also Mamba4Rec's layer): a Transformer block whose
+* ``attention`` (the original paper's Figure 2, also Mamba4Rec's layer): a Transformer block whose
   self-attention is Mamba: h = LN(Dropout(Mamba(x)) + x); out = LN(Dropout(FFN(h)) + h).
 """
 

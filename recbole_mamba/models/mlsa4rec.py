@@ -121,7 +121,7 @@ class MLSA4Rec(MambaSequentialBase):
             raise ValueError(f"MLSA4Rec: init_style must be 'authors' or 'normal', got {init_style!r}")
         self.apply_backend()
 
-    def causal_config_error(self) -> str | None:
+    def non_causal_reason(self) -> str | None:
         if not self.lsa_causal:
             return "lsa_causal: False pools the latent interests over the whole sequence; set lsa_causal: True"
         return None

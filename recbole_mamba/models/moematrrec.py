@@ -1,18 +1,18 @@
-"""MoEMaTrRec: a gated mixture of a Mamba branch and a causal attention branch (seed Figure 4,
+"""MoEMaTrRec: a gated mixture of a Mamba branch and a causal attention branch (the original paper's Figure 4,
 code ``--backbone sasmamba``).
 
 Per layer, on x (batch, L, D)::
 
     m = Mamba(x)
-    a = LN(Dropout(MHA(x)) + x)                  # causal mask (the seed has none; see below)
+    a = LN(Dropout(MHA(x)) + x)                  # causal mask (the original code has none; see below)
     g = sigmoid(Linear(D, 1)(mean of x))         # gate
     h = g * m + (1 - g) * a
     out = LN(Dropout(FFN(h)) + h)                # FFN: Linear(D, 4D) - GELU - Linear
 
-The seed's attention has no mask, so every position sees the future; trained on all positions it
+The original code's attention has no mask, so every position sees the future; trained on all positions it
 would read its own target. The causal mask is therefore always on. The gate:
 ``gate_causal: True`` (default) gates position t by the mean of positions <= t, so nothing
-after t (and no padding) reaches position t; ``gate_causal: False`` is the seed's single gate per
+after t (and no padding) reaches position t; ``gate_causal: False`` is the original code's single gate per
 sequence, the mean over the sequence's real positions (fine for last-position training only).
 """
 
@@ -104,7 +104,7 @@ class MoEMaTrRec(MambaSequentialBase):
         self.init_weights_normal(self, float(config["initializer_range"]))
         self.apply_backend()
 
-    def causal_config_error(self) -> str | None:
+    def non_causal_reason(self) -> str | None:
         if not self.gate_causal:
             return "gate_causal: False gates every position by the mean over the whole sequence; set gate_causal: True"
         return None
