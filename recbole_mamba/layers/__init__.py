@@ -7,6 +7,8 @@ from recbole_mamba.layers.embedding import ScaledPositionalEmbedding
 from recbole_mamba.layers.ffn import FeedForward
 from recbole_mamba.layers.lsa import InterestPooling, LowRankSelfAttention
 from recbole_mamba.layers.mamba import Mamba
+from recbole_mamba.layers.mamba_block import MambaBlock
+from recbole_mamba.layers.state import LayerState, StatefulLayer, SubState, prefixed, stack_step, stack_with_state
 
-__all__ = ["Mamba", "LowRankSelfAttention", "InterestPooling", "CausalSelfAttention", "FeedForward", "Dropout",
+__all__ = ["Mamba", "MambaBlock", "LayerState", "StatefulLayer", "SubState", "prefixed", "stack_step", "stack_with_state", "LowRankSelfAttention", "InterestPooling", "CausalSelfAttention", "FeedForward", "Dropout",
            "ScaledPositionalEmbedding", "set_backend"]

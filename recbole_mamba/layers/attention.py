@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_mamba.layers.dropout import Dropout
+from recbole_mamba.layers.state import LayerState
 
 
 class CausalSelfAttention(nn.Module):
@@ -32,14 +33,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (batch, L, D) -> (batch, L, D)."""
-        return self.forward_with_cache(x)[0]
+        return self._attend(x)[0]
 
-    def forward_with_cache(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (batch, L, D) -> (out (batch, L, D), keys, values (batch, L, H, D/H)).
-
-        The keys and values are the cache :meth:`step` reads: with right-padding, row b's real
-        entries are its first ``length_b``.
-        """
+    def _attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (batch, L, D) -> (out (batch, L, D), keys, values (batch, L, H, D/H))."""
         batch, length, d_model = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(
@@ -48,17 +45,31 @@ class CausalSelfAttention(nn.Module):
         ctx = ctx.transpose(1, 2).reshape(batch, length, d_model)
         return self.LayerNorm(self.dropout(self.out(ctx)) + x), k.transpose(1, 2), v.transpose(1, 2)
 
-    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-             count: torch.Tensor) -> torch.Tensor:
-        """One new position per row with a key/value cache (inference; O(t) per row).
+    # ------------------------------------------------------------------ online state
+    def forward_with_state(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                           mask: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
+        """x (batch, L, D) -> (out (batch, L, D), {"keys", "values": (batch, L, H, D/H)}).
 
-        x (batch, D) is the input at position ``count[b]`` of row b; keys, values
-        (batch, capacity, H, D/H) hold positions 0..count[b]-1 and get this position written at
-        ``count[b]`` (in place; capacity must exceed ``count.max()``). Returns (batch, D).
+        The state is the key/value cache :meth:`step` reads: with right-padding, row b's real
+        entries are its first ``length_b``, and causality keeps padding out of every real one.
         """
+        out, keys, values = self._attend(x)
+        return out, {"keys": keys.contiguous(), "values": values.contiguous()}
+
+    def step(self, x: torch.Tensor, state: LayerState, count: torch.Tensor) -> torch.Tensor:
+        """One new position per row (inference; O(t) per row): x (batch, D) is the input at
+        position ``count[b]`` of row b -> (batch, D). The cache holds positions 0..count[b]-1;
+        this position is written at ``count[b]`` in place, and a full cache is replaced by one of
+        twice the capacity first."""
         batch, d_model = x.shape
-        if int(count.max()) >= keys.shape[1]:
-            raise ValueError(f"key/value cache of capacity {keys.shape[1]} is full")
+        capacity = state["keys"].shape[1]
+        needed = int(count.max()) + 1
+        if needed > capacity:
+            grow = max(needed, 2 * capacity) - capacity
+            for name in ("keys", "values"):
+                t = state[name]
+                state[name] = torch.cat([t, t.new_zeros(t.shape[0], grow, *t.shape[2:])], dim=1)
+        keys, values = state["keys"], state["values"]
         q, k, v = self.qkv(x).view(batch, 3, self.n_heads, self.head_dim).unbind(1)
         rows = torch.arange(batch, device=x.device)
         keys[rows, count] = k

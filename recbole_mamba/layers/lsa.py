@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_mamba.layers.dropout import Dropout
+from recbole_mamba.layers.state import LayerState
 from recbole_mamba.ops import causal_lsa, causal_lsa_step, check_backend_name, runs_cpu_kernels
 
 
@@ -279,22 +280,28 @@ class LowRankSelfAttention(nn.Module):
                 "updated by a running state. Use a model trained with lsa_causal: True."
             )
 
-    def forward_with_state(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    #: the names of the six running sums in this layer's state (key and value pooling)
+    STATE_NAMES = ("key_max", "key_norm", "key_sum", "value_max", "value_norm", "value_sum")
+
+    def forward_with_state(self, x: torch.Tensor, lengths: torch.Tensor | None,
+                           mask: torch.Tensor) -> tuple[torch.Tensor, LayerState]:
         """Causal form only: x (batch, L, D), mask (batch, L) -> (out (batch, L, D), state).
 
-        ``state`` is the six running sums (key and value pooling, see
-        :meth:`InterestPooling.running_state`) at each row's last real position.
+        ``state`` holds the six running sums (key and value pooling, see
+        :meth:`InterestPooling.running_state`) at each row's last real position, named
+        :attr:`STATE_NAMES`; ``lengths`` is implied by ``mask``.
         """
         self._require_causal()
-        state = (*self.pool_key.running_state(self.key(x), mask),
-                 *self.pool_value.running_state(self.value(x), mask))
-        return self.forward(x, mask), state
+        sums = (*self.pool_key.running_state(self.key(x), mask),
+                *self.pool_value.running_state(self.value(x), mask))
+        return self.forward(x, mask), dict(zip(self.STATE_NAMES, sums))
 
-    def step(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        """One new position per row: x (batch, D) -> (out (batch, D), state); O(P * D).
-        The state's six tensors are updated in place (:func:`recbole_mamba.ops.causal_lsa_step`)."""
+    def step(self, x: torch.Tensor, state: LayerState, count: torch.Tensor | None = None) -> torch.Tensor:
+        """One new position per row: x (batch, D) -> out (batch, D); O(P * D). The six running
+        sums in ``state`` are updated in place (:func:`recbole_mamba.ops.causal_lsa_step`)."""
         self._require_causal()
         key_x, value_x = self.key(x), self.value(x)
         ctx = causal_lsa_step(self.query(x), key_x, value_x, key_x @ self.pool_key.theta,
-                       value_x @ self.pool_value.theta, *state, self.n_heads, backend=self.backend)
-        return self.LayerNorm(self.out_dropout(ctx) + x), tuple(state)
+                              value_x @ self.pool_value.theta, *(state[n] for n in self.STATE_NAMES),
+                              self.n_heads, backend=self.backend)
+        return self.LayerNorm(self.out_dropout(ctx) + x)

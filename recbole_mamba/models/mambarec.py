@@ -14,46 +14,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recbole_mamba.layers import Dropout, FeedForward
-from recbole_mamba.layers import ScaledPositionalEmbedding
+from recbole_mamba.layers import FeedForward, MambaBlock, ScaledPositionalEmbedding, stack_step, stack_with_state
 from recbole_mamba.models.base import MambaSequentialBase
 
 VARIANTS = ("block", "attention")
 
 
-class MambaLayer(nn.Module):
-    """One MambaRec layer: (batch, L, D) -> (batch, L, D); see the module docstring."""
+class MambaLayer(MambaBlock):
+    """One MambaRec layer: (batch, L, D) -> (batch, L, D); see the module docstring. The
+    ``attention`` variant adds the FFN after the mixer's residual; the state is the block's."""
 
     def __init__(self, mamba: nn.Module, d_model: int, variant: str, residual: bool,
                  dropout: float, inner_size: int, hidden_act: str, eps: float) -> None:
-        super().__init__()
-        self.mamba = mamba
+        super().__init__(mamba, d_model, dropout, eps, residual=residual or variant == "attention")
         self.variant = variant
-        self.residual = residual or variant == "attention"
-        self.dropout = Dropout(dropout)
-        self.LayerNorm = nn.LayerNorm(d_model, eps=eps) if self.residual else None
         self.ffn = (FeedForward(d_model, inner_size, dropout, hidden_act, eps)
                     if variant == "attention" else None)
 
     def _after_mixer(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self.residual:
-            h = self.LayerNorm(self.dropout(h) + x)
-        if self.ffn is not None:
-            h = self.ffn(h)
-        return h
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._after_mixer(self.mamba(x), x)
-
-    def forward_with_state(self, x: torch.Tensor, lengths: torch.Tensor):
-        """(batch, L, D), lengths (batch,) -> (out, conv_state, ssm_state) at each row's end."""
-        h, conv_state, ssm_state = self.mamba.forward_with_state(x, lengths)
-        return self._after_mixer(h, x), conv_state, ssm_state
-
-    def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
-        """One position: x (batch, D) -> (batch, D); the states are updated in place."""
-        h = self.mamba.step(x.unsqueeze(1), conv_state, ssm_state)[0].squeeze(1)
-        return self._after_mixer(h, x)
+        h = super()._after_mixer(h, x)
+        return self.ffn(h) if self.ffn is not None else h
 
 
 class MambaRec(MambaSequentialBase):
@@ -88,13 +68,8 @@ class MambaRec(MambaSequentialBase):
     # MAX_ITEM_LIST_LENGTH reuse the last position embedding (ScaledPositionalEmbedding.step)
     def encode_with_state(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
         x = self.embed(self.item_embedding(item_seq))
-        tensors = {}
-        for i, layer in enumerate(self.layers):
-            x, tensors[f"{i}.conv"], tensors[f"{i}.ssm"] = layer.forward_with_state(x, item_seq_len)
-        return x, tensors
+        return stack_with_state(self.layers, x, item_seq_len, self.padding_mask(item_seq))
 
     def step_encode(self, item_ids: torch.Tensor, count: torch.Tensor, tensors) -> torch.Tensor:
         x = self.embed.step(self.item_embedding(item_ids), count)
-        for i, layer in enumerate(self.layers):
-            x = layer.step(x, tensors[f"{i}.conv"], tensors[f"{i}.ssm"])
-        return x
+        return stack_step(self.layers, x, tensors, count)

@@ -22,31 +22,8 @@ import math
 import torch
 from torch import nn
 
-from recbole_mamba.layers import Dropout, LowRankSelfAttention
+from recbole_mamba.layers import Dropout, LowRankSelfAttention, MambaBlock, SubState, prefixed, stack_step, stack_with_state
 from recbole_mamba.models.base import MambaSequentialBase
-
-
-class MambaNormLayer(nn.Module):
-    """LN(Dropout(Mamba(x)) + x): (batch, L, D) -> (batch, L, D)."""
-
-    def __init__(self, mamba: nn.Module, d_model: int, dropout: float, eps: float) -> None:
-        super().__init__()
-        self.mamba = mamba
-        self.dropout = Dropout(dropout)
-        self.LayerNorm = nn.LayerNorm(d_model, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.mamba(x)) + x)
-
-    def forward_with_state(self, x: torch.Tensor, lengths: torch.Tensor):
-        """(batch, L, D), lengths (batch,) -> (out, conv_state, ssm_state) at each row's end."""
-        h, conv_state, ssm_state = self.mamba.forward_with_state(x, lengths)
-        return self.LayerNorm(self.dropout(h) + x), conv_state, ssm_state
-
-    def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
-        """One position: x (batch, D) -> (batch, D); the states are updated in place."""
-        h = self.mamba.step(x.unsqueeze(1), conv_state, ssm_state)[0].squeeze(1)
-        return self.LayerNorm(self.dropout(h) + x)
 
 
 class MambaLSAInteraction(nn.Module):
@@ -56,7 +33,7 @@ class MambaLSAInteraction(nn.Module):
                  dropout: float, attn_dropout: float, eps: float, causal: bool,
                  softmax_over: str) -> None:
         super().__init__()
-        self.mamba_layer = MambaNormLayer(mamba, d_model, dropout, eps)
+        self.mamba_layer = MambaBlock(mamba, d_model, dropout, eps)
         self.lsa = LowRankSelfAttention(d_model, n_heads, k_interests, dropout, attn_dropout, eps,
                                         causal=causal, softmax_over=softmax_over)
         self.mlp1 = nn.Linear(d_model, d_model)
@@ -76,18 +53,17 @@ class MambaLSAInteraction(nn.Module):
         h_m = self.mamba_layer(x)
         return self._fuse(x, h_m, self.lsa(h_m, mask))
 
-    def forward_with_state(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor):
-        """Causal LSA only: (batch, L, D) -> (out, (conv, ssm, six LSA running sums))."""
-        h_m, conv_state, ssm_state = self.mamba_layer.forward_with_state(x, lengths)
-        h_a, lsa_state = self.lsa.forward_with_state(h_m, mask)
-        return self._fuse(x, h_m, h_a), (conv_state, ssm_state, *lsa_state)
+    def forward_with_state(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor):
+        """Causal LSA only: (batch, L, D) -> (out, state): the Mamba block's conv and ssm and
+        the LSA's six running sums, side by side (their names do not overlap)."""
+        h_m, mamba_state = self.mamba_layer.forward_with_state(x, lengths, mask)
+        h_a, lsa_state = self.lsa.forward_with_state(h_m, lengths, mask)
+        return self._fuse(x, h_m, h_a), {**mamba_state, **lsa_state}
 
-    def step(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        """One position: x (batch, D) -> (out (batch, D), new state); O(P * D) for the LSA."""
-        conv_state, ssm_state = state[:2]
-        h_m = self.mamba_layer.step(x, conv_state, ssm_state)
-        h_a, lsa_state = self.lsa.step(h_m, state[2:])
-        return self._fuse(x, h_m, h_a), (conv_state, ssm_state, *lsa_state)
+    def step(self, x: torch.Tensor, state, count: torch.Tensor | None = None) -> torch.Tensor:
+        """One position: x (batch, D) -> (batch, D), ``state`` updated in place; O(P * D) for the LSA."""
+        h_m = self.mamba_layer.step(x, state, count)
+        return self._fuse(x, h_m, self.lsa.step(h_m, state, count))
 
 
 class MLSA4Rec(MambaSequentialBase):
@@ -108,7 +84,7 @@ class MLSA4Rec(MambaSequentialBase):
             self.lsa_causal, config["lsa_softmax_over"],
         )
         self.mamba_layers = nn.ModuleList(
-            MambaNormLayer(self.make_mamba(config), self.hidden_size, dropout, eps)
+            MambaBlock(self.make_mamba(config), self.hidden_size, dropout, eps)
             for _ in range(self.num_layers)
         )
         init_style = config["init_style"]
@@ -147,23 +123,14 @@ class MLSA4Rec(MambaSequentialBase):
 
     # online state (causal LSA only): every part O(1) in the history length; the LSA's
     # running sums cost O(P * D) per event. No position embedding, so no length limit.
-    _INTERACTION_KEYS = ("conv", "ssm", "key_max", "key_norm", "key_sum",
-                         "value_max", "value_norm", "value_sum")
-
     def encode_with_state(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
         mask = self.padding_mask(item_seq)
         x = self.LayerNorm(self.dropout(self.item_embedding(item_seq)))
-        x, state = self.interaction.forward_with_state(x, mask, item_seq_len)
-        tensors = {f"interaction.{k}": v for k, v in zip(self._INTERACTION_KEYS, state)}
-        for i, layer in enumerate(self.mamba_layers):
-            x, tensors[f"{i}.conv"], tensors[f"{i}.ssm"] = layer.forward_with_state(x, item_seq_len)
-        return x, tensors
+        x, interaction = self.interaction.forward_with_state(x, item_seq_len, mask)
+        x, tensors = stack_with_state(self.mamba_layers, x, item_seq_len, mask)
+        return x, {**prefixed("interaction.", interaction), **tensors}
 
     def step_encode(self, item_ids: torch.Tensor, count: torch.Tensor, tensors) -> torch.Tensor:
         x = self.LayerNorm(self.dropout(self.item_embedding(item_ids)))
-        state = tuple(tensors[f"interaction.{k}"] for k in self._INTERACTION_KEYS)
-        x, state = self.interaction.step(x, state)
-        tensors.update({f"interaction.{k}": v for k, v in zip(self._INTERACTION_KEYS, state)})
-        for i, layer in enumerate(self.mamba_layers):
-            x = layer.step(x, tensors[f"{i}.conv"], tensors[f"{i}.ssm"])
-        return x
+        x = self.interaction.step(x, SubState(tensors, "interaction."), count)
+        return stack_step(self.mamba_layers, x, tensors, count)

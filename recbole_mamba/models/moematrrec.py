@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from recbole_mamba.layers import CausalSelfAttention, FeedForward
-from recbole_mamba.layers import ScaledPositionalEmbedding
+from recbole_mamba.layers import ScaledPositionalEmbedding, stack_step, stack_with_state
 from recbole_mamba.models.base import MambaSequentialBase
 
 
@@ -54,17 +54,15 @@ class MoELayer(nn.Module):
         h = g * self.mamba(x) + (1.0 - g) * self.attention(x)
         return self.ffn(h)
 
-    def forward_with_state(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor):
+    def forward_with_state(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor):
         """(batch, L, D) -> (out, {"conv", "ssm", "keys", "values", "gate_sum"}) at each row's end."""
         g = self.gate_values(x, mask)
         m, conv_state, ssm_state = self.mamba.forward_with_state(x, lengths)
-        a, keys, values = self.attention.forward_with_cache(x)
+        a, cache = self.attention.forward_with_state(x, lengths, mask)
         gate_sum = (x * mask.unsqueeze(-1).to(x.dtype)).sum(dim=1)
-        state = {"conv": conv_state, "ssm": ssm_state, "keys": keys.contiguous(),
-                 "values": values.contiguous(), "gate_sum": gate_sum}
-        return self.ffn(g * m + (1.0 - g) * a), state
+        return self.ffn(g * m + (1.0 - g) * a), {"conv": conv_state, "ssm": ssm_state, **cache, "gate_sum": gate_sum}
 
-    def step(self, x: torch.Tensor, count: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    def step(self, x: torch.Tensor, state, count: torch.Tensor) -> torch.Tensor:
         """One position per row: x (batch, D) at positions ``count`` -> (batch, D).
 
         The Mamba branch and the gate's running mean cost O(1); the attention branch reads the
@@ -73,14 +71,7 @@ class MoELayer(nn.Module):
         state["gate_sum"] += x
         g = torch.sigmoid(self.gate(state["gate_sum"] / (count + 1).unsqueeze(-1).to(x.dtype)))
         m = self.mamba.step(x.unsqueeze(1), state["conv"], state["ssm"])[0].squeeze(1)
-        capacity = state["keys"].shape[1]
-        needed = int(count.max()) + 1
-        if needed > capacity:
-            grow = max(needed, 2 * capacity) - capacity
-            for name in ("keys", "values"):
-                t = state[name]
-                state[name] = torch.cat([t, t.new_zeros(t.shape[0], grow, *t.shape[2:])], dim=1)
-        a = self.attention.step(x, state["keys"], state["values"], count)
+        a = self.attention.step(x, state, count)
         return self.ffn(g * m + (1.0 - g) * a)
 
 
@@ -119,19 +110,9 @@ class MoEMaTrRec(MambaSequentialBase):
 
     # online state: Mamba branch and gate O(1) per event, attention branch O(t) (key/value cache)
     def encode_with_state(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
-        mask = self.padding_mask(item_seq)
         x = self.embed(self.item_embedding(item_seq))
-        tensors = {}
-        for i, layer in enumerate(self.layers):
-            x, state = layer.forward_with_state(x, mask, item_seq_len)
-            tensors.update({f"{i}.{k}": v for k, v in state.items()})
-        return x, tensors
+        return stack_with_state(self.layers, x, item_seq_len, self.padding_mask(item_seq))
 
     def step_encode(self, item_ids: torch.Tensor, count: torch.Tensor, tensors) -> torch.Tensor:
         x = self.embed.step(self.item_embedding(item_ids), count)
-        for i, layer in enumerate(self.layers):
-            prefix = f"{i}."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            x = layer.step(x, count, state)
-            tensors.update({prefix + k: v for k, v in state.items()})
-        return x
+        return stack_step(self.layers, x, tensors, count)
