@@ -9,6 +9,7 @@ import torch
 from recbole.config import Config
 
 from recbole_mamba import MambaRec, MLSA4Rec, MoEMaTrRec
+from recbole_mamba.ops import causal_lsa_ref
 
 from conftest import tiny_config
 
@@ -56,16 +57,16 @@ def test_position_t_ignores_later_items_and_padding(dataset, model_cls, extra):
         torch.testing.assert_close(net.forward(padded, lens), net.forward(seq, lens))
 
 
-def test_mlsa4rec_prefix_and_pair_forms_agree(dataset):
+def test_mlsa4rec_chunked_form_equals_the_definition(dataset):
     net = build(MLSA4Rec, dataset)
     lsa = net.interaction.lsa
     x = torch.randn(3, 12, 16)
     mask = torch.ones(3, 12, dtype=torch.bool)
     mask[1, 7:] = False
     q = lsa._heads(lsa.query(x))
-    a = lsa._causal_by_pairs(q, lsa.key(x), lsa.value(x), mask, 0.5)
-    b = lsa._causal_by_prefix(q, lsa.key(x), lsa.value(x), mask, 0.5)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    k, v = lsa.key(x), lsa.value(x)
+    b = causal_lsa_ref(q.flatten(-2), k, v, lsa.pool_key.logits(k, mask), lsa.pool_value.logits(v, mask),
+                       lsa.n_heads, 0.5).view(q.shape)
     for chunk in (1, 5, 12, 64):  # a partial last block, one block, blocks longer than L
         c = lsa._causal_by_chunks(q, lsa.key(x), lsa.value(x), mask, 0.5, chunk)
         torch.testing.assert_close(c[mask], b[mask], atol=1e-5, rtol=1e-5)

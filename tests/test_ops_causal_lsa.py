@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from recbole_mamba.layers import LowRankSelfAttention
-from recbole_mamba.ops import causal_lsa, dropout_mask
+from recbole_mamba.ops import causal_lsa, causal_lsa_ref, dropout_mask
 
 DIM, HEADS, INTERESTS = 16, 4, 5
 
@@ -18,23 +18,6 @@ def _inputs(lsa: LowRankSelfAttention, x: torch.Tensor, mask: torch.Tensor):
     """(q (b, L, D), key, value, logit_k, logit_v) as the layer computes them."""
     key, value = lsa.key(x), lsa.value(x)
     return (lsa.query(x), key, value, lsa.pool_key.logits(key, mask), lsa.pool_value.logits(value, mask))
-
-
-def _definition(q, k, v, lk, lv, heads: int, scale: float) -> torch.Tensor:
-    """The module docstring's formulas, literally: O(L^2 P D) softmaxes over every prefix."""
-    batch, length, dim = q.shape
-    later = ~torch.ones(length, length, dtype=torch.bool).tril()  # (t, s): s > t
-
-    def pooled(logits, x):  # (b, L, P), (b, L, D) -> (b, t, P, D)
-        prefix = logits.unsqueeze(1).expand(batch, length, length, -1).masked_fill(
-            later.view(1, length, length, 1), float("-inf"))
-        return torch.einsum("btsp,bsd->btpd", torch.softmax(prefix, dim=2), x)
-
-    keys = pooled(lk, k).reshape(batch, length, -1, heads, dim // heads)
-    values = pooled(lv, v).reshape(batch, length, -1, heads, dim // heads)
-    qh = q.reshape(batch, length, heads, dim // heads)
-    probs = torch.softmax(torch.einsum("blhd,blphd->blhp", qh, keys) * scale, dim=-1)
-    return torch.einsum("blhp,blphd->blhd", probs, values).reshape(q.shape)
 
 
 def _mask(batch: int, length: int) -> torch.Tensor:
@@ -53,7 +36,7 @@ def test_forward_and_gradients_match_the_definition(dtype, length):
     mask = _mask(3, length) if length > 6 else torch.ones(3, length, dtype=torch.bool)
     scale = 1.0 / math.sqrt(DIM // HEADS)
     q, k, v, lk, lv = (t.detach().requires_grad_() for t in _inputs(lsa, x, mask))
-    ref = _definition(q, k, v, lk, lv, HEADS, scale)
+    ref = causal_lsa_ref(q, k, v, lk, lv, HEADS, scale)
     out = causal_lsa(q, k, v, lk, lv, HEADS)
     if length > 6:  # and the layer's own torch form (the one used off CPU)
         chunks = lsa._causal_by_chunks(lsa._heads(q), k, v, mask, scale, 16).reshape(x.shape)
@@ -102,7 +85,7 @@ def test_attention_dropout_is_the_documented_mask():
     q, k, v, lk, lv = _inputs(lsa, x, mask)
     out = causal_lsa(q, k, v, lk, lv, HEADS, dropout=0.4, seed=9)
     lsa.attn_dropout = _FixedMask(dropout_mask((3, 20, HEADS, INTERESTS), 0.4, 9), 0.4)
-    ref = lsa._causal_by_prefix(lsa._heads(q), k, v, mask, 0.5).reshape(x.shape)
+    ref = causal_lsa_ref(q, k, v, lk, lv, HEADS, 0.5, drop=lsa.attn_dropout)
     torch.testing.assert_close(out[mask], ref[mask], rtol=1e-10, atol=1e-12)
     assert not torch.allclose(out, causal_lsa(q, k, v, lk, lv, HEADS))
 

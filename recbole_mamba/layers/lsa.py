@@ -157,50 +157,19 @@ class LowRankSelfAttention(nn.Module):
         """(..., D) -> (..., H, D/H)."""
         return t.reshape(*t.shape[:-1], self.n_heads, self.head_dim)
 
-    def _causal_by_prefix(self, q, key, value, mask, scale) -> torch.Tensor:
-        """Causal form with explicit prefix-pooled keys/values, (b, L, P, D) memory: the
-        definition, kept as the tests' reference."""
-        k = self._heads(self.pool_key(key, mask, True))  # (b, L, P, H, dh)
-        v = self._heads(self.pool_value(value, mask, True))
-        scores = torch.einsum("blhd,blphd->blhp", q, k) * scale
-        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        return torch.einsum("blhp,blphd->blhd", probs, v)
-
-    def _causal_by_pairs(self, q, key, value, mask, scale) -> torch.Tensor:
-        """The same result through (b, H, L, L) position pairs, never forming (b, L, P, D).
-
-        ``q_t . K'_{t,p} = sum_{s<=t} w_{s,p} (q_t . k_s) / norm_{t,p}``, and the context
-        ``sum_p prob_{t,p} V'_{t,p} = sum_{s<=t} (sum_p prob_{t,p} w_{s,p} / norm_{t,p}) v_s``;
-        :meth:`_causal_by_chunks` applies it within blocks; kept whole as the tests' reference.
-        """
-        length = key.shape[1]
-        wk, nk = self.pool_key.prefix_weights(key, mask)  # (b, L, P) each
-        wv, nv = self.pool_value.prefix_weights(value, mask)
-        k = self._heads(key).transpose(1, 2)  # (b, H, L, dh)
-        v = self._heads(value).transpose(1, 2)
-        qh = q.transpose(1, 2)  # (b, H, L, dh)
-        causal = torch.ones(length, length, dtype=torch.bool, device=key.device).tril()
-        qk = (qh @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (b, H, L, L)
-        # in the pooling weights' dtype (float64 when needed, see InterestPooling._prefix),
-        # results back in x's dtype
-        # (b, H*L, L) @ (b, L, P): one batched matmul per sequence, no per-head copy of w
-        b, heads = qk.shape[:2]
-        scores = (qk.to(wk.dtype).reshape(b, heads * length, length) @ wk).view(b, heads, length, -1)
-        scores = (scores / nk.unsqueeze(1)).to(q.dtype) * scale  # (b, H, L, P)
-        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        mix = (probs.to(nv.dtype) / nv.unsqueeze(1)).reshape(b, heads * length, -1) @ wv.transpose(1, 2)
-        mix = mix.view(b, heads, length, length).to(q.dtype)
-        mix = mix.masked_fill(~causal, 0.0)
-        return (mix @ v).transpose(1, 2)  # (b, L, H, dh)
-
     def _causal_by_chunks(self, q, key, value, mask, scale, chunk: int) -> torch.Tensor:
-        """The same result by chunks of ``chunk`` positions, as chunked linear attention does.
+        """The causal form (:func:`recbole_mamba.ops.causal_lsa.causal_lsa_ref`) by chunks of
+        ``chunk`` positions, as chunked linear attention does, never forming the (b, L, P, D)
+        prefix-pooled keys and values.
 
-        Position t in chunk n sees positions s <= t through two parts: the earlier chunks, as
-        the (P, D) pooled sums at chunk n's start (one exclusive cumsum over chunks), and its own
-        chunk, as the pairs form restricted to a (chunk x chunk) block. Memory and work are
-        linear in L: (b, L, H, chunk + P) per layer plus (b, L / chunk, P, D) sums, against the
-        pairs form's (b, H, L, L) and the prefix form's (b, L, P, D).
+        Through position pairs, ``q_t . K'_{t,p} = sum_{s<=t} w_{s,p} (q_t . k_s) / norm_{t,p}``
+        and the context ``sum_p prob_{t,p} V'_{t,p} = sum_{s<=t} (sum_p prob_{t,p} w_{s,p} /
+        norm_{t,p}) v_s`` (w, norm: :meth:`InterestPooling.prefix_weights`). Position t in chunk n
+        sees positions s <= t through two parts: the earlier chunks, as the (P, D) pooled sums at
+        chunk n's start (one exclusive cumsum over chunks), and its own chunk, as those pairs
+        restricted to a (chunk x chunk) block. Memory and work are linear in L: (b, L, H,
+        chunk + P) per layer plus (b, L / chunk, P, D) sums, where all pairs take (b, H, L, L)
+        and the prefix-pooled form (b, L, P, D).
         """
         wk, nk = self.pool_key.prefix_weights(key, mask)  # (b, L, P) each
         wv, nv = self.pool_value.prefix_weights(value, mask)
@@ -256,10 +225,8 @@ class LowRankSelfAttention(nn.Module):
             return self.LayerNorm(self.out_dropout(ctx) + x)
         q = self._heads(self.query(x))  # (b, L, H, dh)
         if self.causal:
-            # measured on CPU (B=32, H=8, P=20, D=64, fwd+bwd, 2 threads): chunks of 16 take
-            # 58 ms at L=200 (pairs form 271, prefix form 310) and 229 ms at L=1000 (prefix
-            # 2614); the pairs and prefix forms stay as references for the tests; on CPU the
-            # fused kernel above replaces all three
+            # the torch form off CPU (on CPU the fused kernel above runs); chunks of 16 were the
+            # fastest of 8/16/32/64 and linear in L (docs/benchmarks.md)
             ctx = self._causal_by_chunks(q, self.key(x), self.value(x), mask, scale, CAUSAL_CHUNK)
         else:
             k = self._heads(self.pool_key(self.key(x), mask, False))  # (b, P, H, dh)

@@ -9,8 +9,8 @@ Per row and position t (P latent interests, H heads of D/H channels)::
 
 Shapes: q, key_x, value_x (batch, L, D); logit_k, logit_v (batch, L, P), ``-inf`` at padding
 (those positions are left out of every pooling) -> ctx (batch, L, D). This is
-``LowRankSelfAttention``'s causal form (its torch forms ``_causal_by_chunks`` and
-``_causal_by_pairs`` are the tests' references), as one recurrence per row.
+``LowRankSelfAttention``'s causal form (its torch form off CPU is ``_causal_by_chunks``; both
+are tested against :func:`causal_lsa_ref`, the formulas above literally), as one recurrence per row.
 
 Why our own kernel: in torch the causal pooling needs either (batch, L, P, D) prefix sums or,
 chunked, ~60 small batched products, divisions and casts per call; at L=200 (batch 32, P=20,
@@ -33,6 +33,7 @@ backward recomputes it too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -379,6 +380,33 @@ class CausalLSACPU(torch.autograd.Function):
             _lsa_bwd(*arrays, *ctx.args, *ctx.saved, as_numpy(dctx, ctx.dtype), *grads)
         out = [torch.from_numpy(g).to(t.dtype) for g, t in zip(grads, inputs)]
         return (*out, None, None, None, None)
+
+
+def causal_lsa_ref(q: torch.Tensor, key_x: torch.Tensor, value_x: torch.Tensor, logit_k: torch.Tensor,
+                   logit_v: torch.Tensor, n_heads: int, scale: float | None = None,
+                   drop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The module docstring's formulas, literally, in plain torch: a softmax over every prefix,
+    O(L^2 P D) work and (batch, L, L, P) memory. Same arguments and result as :func:`causal_lsa`;
+    ``drop`` (optional) is applied to the interest weights prob (batch, L, H, P), as the
+    attention dropout is. The reference of the kernel and of the layer's chunked torch form."""
+    batch, length, dim = q.shape
+    head_dim = dim // n_heads
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    later = ~torch.ones(length, length, dtype=torch.bool, device=q.device).tril()  # (t, s): s > t
+
+    def pooled(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # -> (batch, t, P, D)
+        prefix = logits.unsqueeze(1).expand(batch, length, length, -1).masked_fill(
+            later.view(1, length, length, 1), float("-inf"))
+        return torch.einsum("btsp,bsd->btpd", torch.softmax(prefix, dim=2), x)
+
+    keys = pooled(logit_k, key_x).reshape(batch, length, -1, n_heads, head_dim)
+    values = pooled(logit_v, value_x).reshape(batch, length, -1, n_heads, head_dim)
+    qh = q.reshape(batch, length, n_heads, head_dim)
+    probs = torch.softmax(torch.einsum("blhd,blphd->blhp", qh, keys) * scale, dim=-1)
+    if drop is not None:
+        probs = drop(probs)
+    return torch.einsum("blhp,blphd->blhd", probs, values).reshape(q.shape)
 
 
 def causal_lsa(q: torch.Tensor, key_x: torch.Tensor, value_x: torch.Tensor, logit_k: torch.Tensor,
