@@ -273,3 +273,29 @@ def test_recbole_runs_mambarec_on_converted_file_uni100(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stdout + run.stderr
     assert "uni100" in log and "test result" in log
+
+
+def test_synthetic_sessions_shape_and_conversion(tmp_path):
+    """The sessions shape: every user exactly N events in time order, seeded, consecutive events
+    mostly from one album, many distinct items; the LFM-1b converter reads it as it is."""
+    src = generate(tmp_path / "s.txt", "lfm1b", users=30, items=200_000, seed=4, progress=False,
+                   events_per_user=120, session_mean=10)
+    again = generate(tmp_path / "s2.txt", "lfm1b", users=30, items=200_000, seed=4, progress=False,
+                     events_per_user=120, session_mean=10)
+    assert src.read_bytes() == again.read_bytes()
+    rows = np.loadtxt(src, dtype=np.int64).reshape(-1, 5)
+    assert rows.shape == (30 * 120, 5)
+    user, album, track, ts = rows[:, 0], rows[:, 2], rows[:, 3], rows[:, 4]
+    assert (np.bincount(user) == 120).all() and (np.diff(user) >= 0).all()
+    same_user = np.diff(user) == 0
+    assert (np.diff(ts)[same_user] > 0).all()
+    assert (track // 10 == album).all() and track.max() < 200_000
+    same_album = (np.diff(album) == 0)[same_user].mean()
+    assert 0.8 < same_album < 0.97  # sessions of ~10 events: ~1 change in 10
+    assert len(np.unique(track)) > 500  # ~360 sessions, most on albums no other session drew
+    out = tmp_path / "out" / "lfm"
+    assert lfm1b.main(["--input", str(src), "--output-dir", str(out), "--max-len", "100", "--no-progress"]) == 0
+    inter = (out / "lfm.inter").read_text().splitlines()
+    assert len(inter) == 1 + 30 * 100
+    with pytest.raises(ValueError, match="events_per_user must be >= 1"):
+        generate(tmp_path / "bad.txt", "lfm1b", users=3, events_per_user=0)
