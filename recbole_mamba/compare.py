@@ -11,7 +11,8 @@ process, so that one model's crash or memory cannot touch another's and its peak
 own. Per run, ``<out>/runs/<model>/seed<seed>/`` keeps ``run.log`` and, when it finished,
 ``result.json``; a finished run is never rerun (delete its folder to redo it), so an interrupted
 comparison resumes where it stopped. A run that fails is reported in the table and the others go
-on. The outputs: ``results.csv`` (one row per run), ``results.md`` (mean +- std over seeds, best
+on. With ``--address auto|ray://host:10001`` every (model, seed) is a task on a Ray cluster
+instead (:func:`run_all_on_ray`; the same files come back). The outputs: ``results.csv`` (one row per run), ``results.md`` (mean +- std over seeds, best
 per metric in bold, run time and peak memory) and ``results.png`` (the main metric with error
 bars).
 """
@@ -151,6 +152,108 @@ def run_all(models: list[str], seeds: list[int], dataset: str, config_files: lis
             echo(f"{label}: FAILED: {reason}")
         records.append(record)
     return records
+
+
+# --------------------------------------------------------------------------- on a Ray cluster
+def _run_on_worker(spec: dict, threads: int | None, timeout: float | None) -> dict:
+    """A Ray task: one (model, seed) run as on one machine (a child process, :func:`run_one`), in
+    a temporary folder of the worker; returns its log, result (None when it failed) and node, so
+    the driver writes the same files a local run does."""
+    import socket
+    import tempfile
+
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="recbole-mamba-compare-") as tmp:
+        spec = {**spec, "run_dir": tmp}
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        env = child_env()
+        if threads:
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+        with open(Path(tmp) / "run.log", "w") as log:
+            try:
+                code = subprocess.run([sys.executable, "-m", "recbole_mamba.compare", "--child", str(spec_file)],
+                                      stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                code = "timeout"
+        result_file = Path(tmp) / "result.json"
+        return {"log": (Path(tmp) / "run.log").read_text(errors="replace"), "code": code,
+                "result": json.loads(result_file.read_text()) if result_file.is_file() else None,
+                "node": f"{socket.gethostname()} (node {ray.get_runtime_context().get_node_id()[:12]})"}
+
+
+def run_all_on_ray(models: list[str], seeds: list[int], dataset: str, config_files: list[str],
+                   config: dict, out: Path, timeout: float | None, keep_checkpoints: bool = False,
+                   echo=print, per_model: dict[str, list[str]] | None = None, address: str | None = "auto",
+                   cpus_per_run: float = 1, gpus_per_run: float = 0, max_retries: int = 3) -> list[dict]:
+    """:func:`run_all` with every (model, seed) a Ray task on the cluster at ``address``
+    (``auto``: the one this machine belongs to; ``ray://host:10001``: through Ray Client).
+
+    Each task asks for ``cpus_per_run`` CPUs (its thread count) and ``gpus_per_run`` GPUs; Ray
+    places the tasks and reruns one whose worker or node died, up to ``max_retries`` times. The
+    data and the config files must be at the same paths on every node (a shared file system, or
+    RecBole's bundled ml-100k). Logs and results come back to this machine and are written as a
+    local run writes them: a finished run is never rerun, and the csv/md/png are the same files."""
+    import ray
+
+    from recbole_mamba.hyper.runner import init_ray
+
+    if not ray.is_initialized():
+        init_ray(address)
+    task = ray.remote(_run_on_worker).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
+                                              max_retries=max_retries, retry_exceptions=False)
+    order = [(m, s) for m in models for s in seeds]
+    total = len(order)
+    records: dict[tuple[str, int], dict] = {}
+    pending: dict[Any, tuple[int, str, int, Path, float]] = {}
+    for n, (model, seed) in enumerate(order, start=1):
+        run_dir = out / "runs" / model / f"seed{seed}"
+        result_file = run_dir / "result.json"
+        label = f"[{n}/{total}] {model} seed {seed}"
+        if result_file.is_file():
+            echo(f"{label}: done before, kept ({result_file})")
+            records[model, seed] = json.loads(result_file.read_text())
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        files = config_files + (per_model or {}).get(model, [])
+        spec = {"model": model, "seed": seed, "dataset": dataset, "config_files": files,
+                "config": config, "run_dir": str(run_dir.resolve()), "keep_checkpoints": False}
+        (run_dir / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+        threads = max(1, int(cpus_per_run)) if cpus_per_run else None
+        pending[task.remote(spec, threads, timeout)] = (n, model, seed, run_dir, time.time())
+        echo(f"{label}: submitted to the Ray cluster")
+    if keep_checkpoints:
+        echo("compare: --keep-checkpoints is ignored on a Ray cluster (checkpoints stay on the workers' disks "
+             "only for the run)")
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        n, model, seed, run_dir, start = pending.pop(done[0])
+        label = f"[{n}/{total}] {model} seed {seed}"
+        try:
+            reply = ray.get(done[0])
+        except Exception as exc:  # the task was lost more often than max_retries
+            record = {"model": model, "seed": seed, "dataset": dataset, "error": f"lost on the cluster: {exc!r}"[:300],
+                      "run_s": round(time.time() - start, 2)}
+            echo(f"{label}: FAILED: {record['error']}")
+            records[model, seed] = record
+            continue
+        (run_dir / "run.log").write_text(reply["log"])
+        if reply["result"] is not None:
+            record = reply["result"]
+            tmp = run_dir / "result.json.tmp"
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(tmp, run_dir / "result.json")
+            echo(f"{label}: finished on {reply['node']} in {record['run_s']:.0f} s, test {_brief(record['test'])}")
+        else:
+            code = reply["code"]
+            reason = f"timed out after {timeout:.0f} s" if code == "timeout" else (
+                "killed (out of memory?)" if code in (-9, 137) else _last_error(run_dir / "run.log"))
+            record = {"model": model, "seed": seed, "dataset": dataset, "error": reason,
+                      "run_s": round(time.time() - start, 2)}
+            echo(f"{label}: FAILED on {reply['node']}: {reason}")
+        records[model, seed] = record
+    return [records[key] for key in order]
 
 
 class _Progress:
@@ -313,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (results.csv/md/png, runs/)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per run before it is stopped and reported")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's best RecBole checkpoint")
+    p.add_argument("--address", default=None,
+                   help="run every (model, seed) as a task on this Ray cluster: auto (the cluster this machine "
+                        "belongs to) or ray://host:10001; default: one run after another on this machine")
+    p.add_argument("--cpus-per-run", type=float, default=1, help="with --address: CPUs (threads) per run (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="with --address: GPUs per run (default 0)")
+    p.add_argument("--max-retries", type=int, default=3,
+                   help="with --address: reruns of a run whose worker or node died (default 3)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -360,8 +470,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = run_all(models, seeds, args.dataset, files, config, out, args.timeout, args.keep_checkpoints,
-                      per_model=per_model)
+    if args.address:
+        records = run_all_on_ray(models, seeds, args.dataset, files, config, out, args.timeout, args.keep_checkpoints,
+                                 per_model=per_model, address=args.address, cpus_per_run=args.cpus_per_run,
+                                 gpus_per_run=args.gpus_per_run, max_retries=args.max_retries)
+    else:
+        records = run_all(models, seeds, args.dataset, files, config, out, args.timeout, args.keep_checkpoints,
+                          per_model=per_model)
     metrics = write_csv(records, out / "results.csv")
     summary = summarize(records, models, metrics)
     metric = main_metric(files, config)
