@@ -61,6 +61,41 @@ def test_two_process_gloo_training_saves_one_loadable_checkpoint(tmp_path, model
     assert sum("epoch 0 training" in p.read_text() for p in logs) == 1
 
 
+def _evaluate_in_one_process(cwd: Path, ckpt: Path) -> dict:
+    code = ("import json, sys; import recbole_mamba; from recbole.quick_start import load_data_and_model; "
+            "from recbole.utils import get_trainer; c, m, d, tr, va, te = load_data_and_model(sys.argv[1]); "
+            "t = get_trainer(c['MODEL_TYPE'], c['model'])(c, m); "
+            "print(json.dumps({k: float(v) for k, v in t.evaluate(te, load_best_model=False).items()}))")
+    one = subprocess.run([sys.executable, "-c", code, str(ckpt)], cwd=cwd, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return json.loads(one.stdout.strip().splitlines()[-1])
+
+
+def test_two_simulated_nodes_form_world_size_four_with_exact_metrics(tmp_path):
+    """Two ``run_recbole.py --nproc=2`` on 127.0.0.1 with RecBole's --world_size 4 and
+    --group_offset 0 / 2 (two nodes of two processes): one group, one checkpoint, and test metrics
+    (full ranking, 449 users: not a multiple of 4) equal to one process evaluating that checkpoint."""
+    port = unused_port()
+    common = ["--model=MambaRec", *SMALL, "--d_state=8", "--train_mode=all_positions", "--world_size=4",
+              "--user_inter_num_interval=[20,60]", "--metric_decimal_place=8", "--ip=127.0.0.1",
+              f"--port={port}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, str(ROOT / "run_recbole.py"), *common, f"--group_offset={offset}",
+                               *(["--results=r1.json"] if offset else [])],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for offset in (0, 2)]
+    outs = [p.communicate(timeout=900) for p in nodes]
+    for p, (_, err) in zip(nodes, outs):
+        assert p.returncode == 0, err[-3000:]
+    (ckpt,) = (tmp_path / "saved").glob("MambaRec-*.pth")
+    state = load_recbole_checkpoint(ckpt)
+    assert state["config"]["world_size"] == 4
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["test_result"] == pytest.approx(_evaluate_in_one_process(tmp_path, ckpt), abs=1e-6)
+    assert 0 < result["test_result"]["ndcg@10"] <= result["test_result"]["hit@10"]
+
+
 def test_busy_port_is_one_line(tmp_path):
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
