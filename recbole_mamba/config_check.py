@@ -107,7 +107,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "expand": int_at_least(1),
     "n_heads": int_at_least(1),
     "n_layers": int_at_least(1),
-    "dropout_prob": DROPOUT,
+    "dropout_prob": ((lambda v: v == "auto" or DROPOUT[0](v)), DROPOUT[1] + " or auto"),
     "hidden_dropout_prob": DROPOUT,
     "attn_dropout_prob": DROPOUT,
     "n_negatives": int_at_least(1),

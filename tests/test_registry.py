@@ -124,3 +124,25 @@ def test_run_recboles_single_gpu(in_tmp):
     queue = mp.get_context("spawn").SimpleQueue()
     run_recboles(0, "MoEMaTrRec", "ml-100k", None, {"config_dict": cfg, "saved": False, "queue": queue})
     assert "ndcg@10" in queue.get()["test_result"]
+
+
+def test_dropout_auto_follows_history_length(in_tmp):
+    """MambaRec's shipped dropout_prob: auto is 0.2 on ml-100k (~106 interactions per user) and 0.4
+    on short histories (5 per user); a number is used as given."""
+    from recbole.data import create_dataset
+
+    cfg = Config(model="MambaRec", dataset="ml-100k", config_dict={"show_progress": False})
+    assert cfg["dropout_prob"] == "auto"
+    assert MambaRec(cfg, create_dataset(cfg)).dropout_prob == 0.2
+    folder = in_tmp / "data" / "short"
+    folder.mkdir(parents=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"{u}\t{(u * 7 + t) % 40 + 1}\t{t}" for u in range(1, 61) for t in range(5)]
+    (folder / "short.inter").write_text("\n".join(lines) + "\n")
+    short = {"data_path": str(in_tmp / "data"), "show_progress": False, "MAX_ITEM_LIST_LENGTH": 5,
+             "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "user_inter_num_interval": None,
+             "item_inter_num_interval": None}
+    cfg = Config(model="MambaRec", dataset="short", config_dict=short)
+    assert MambaRec(cfg, create_dataset(cfg)).dropout_prob == 0.4
+    cfg = Config(model="MambaRec", dataset="short", config_dict={**short, "dropout_prob": 0.25})
+    assert MambaRec(cfg, create_dataset(cfg)).dropout_prob == 0.25

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from recbole_mamba.layers import FeedForward, MambaBlock, ScaledPositionalEmbedding, stack_step, stack_with_state
-from recbole_mamba.models.base import MambaSequentialBase
+from recbole_mamba.models.base import MambaSequentialBase, resolve_dropout
 
 VARIANTS = ("block", "attention")
 
@@ -45,7 +45,8 @@ class MambaRec(MambaSequentialBase):
         if self.variant not in VARIANTS:
             raise ValueError(f"MambaRec: mamba_variant must be one of {VARIANTS}, got {self.variant!r}")
         self.num_layers = int(config["num_layers"])
-        dropout = float(config["dropout_prob"])
+        dropout = resolve_dropout(config["dropout_prob"], dataset, "MambaRec")
+        self.dropout_prob = dropout
         eps = float(config["layer_norm_eps"])
         self.embed = ScaledPositionalEmbedding(self.hidden_size, self.max_seq_length, dropout)
         self.layers = nn.ModuleList(

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from recbole_mamba.layers import Dropout, LowRankSelfAttention, MambaBlock, SubState, prefixed, stack_step, stack_with_state
-from recbole_mamba.models.base import MambaSequentialBase
+from recbole_mamba.models.base import MambaSequentialBase, resolve_dropout
 
 
 class MambaLSAInteraction(nn.Module):
@@ -71,7 +71,7 @@ class MLSA4Rec(MambaSequentialBase):
 
     def __init__(self, config, dataset) -> None:
         super().__init__(config, dataset)
-        dropout = float(config["dropout_prob"])
+        dropout = resolve_dropout(config["dropout_prob"], dataset, "MLSA4Rec")
         eps = float(config["layer_norm_eps"])
         self.num_layers = int(config["num_layers"])
         self.lsa_causal = bool(config["lsa_causal"])

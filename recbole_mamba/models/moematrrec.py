@@ -23,7 +23,7 @@ from torch import nn
 
 from recbole_mamba.layers import CausalSelfAttention, FeedForward
 from recbole_mamba.layers import ScaledPositionalEmbedding, stack_step, stack_with_state
-from recbole_mamba.models.base import MambaSequentialBase
+from recbole_mamba.models.base import MambaSequentialBase, resolve_dropout
 
 
 class MoELayer(nn.Module):
@@ -80,7 +80,7 @@ class MoEMaTrRec(MambaSequentialBase):
 
     def __init__(self, config, dataset) -> None:
         super().__init__(config, dataset)
-        dropout = float(config["dropout_prob"])
+        dropout = resolve_dropout(config["dropout_prob"], dataset, "MoEMaTrRec")
         eps = float(config["layer_norm_eps"])
         self.num_layers = int(config["num_layers"])
         self.embed = ScaledPositionalEmbedding(self.hidden_size, self.max_seq_length, dropout)
