@@ -31,6 +31,17 @@ def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+def _evaluate_in_one_process(cwd: Path, ckpt: Path) -> dict:
+    code = ("import json, sys; import recbole_mamba; from recbole.quick_start import load_data_and_model; "
+            "from recbole.utils import get_trainer; c, m, d, tr, va, te = load_data_and_model(sys.argv[1]); "
+            "t = get_trainer(c['MODEL_TYPE'], c['model'])(c, m); "
+            "print(json.dumps({k: float(v) for k, v in t.evaluate(te, load_best_model=False).items()}))")
+    one = subprocess.run([sys.executable, "-c", code, str(ckpt)], cwd=cwd, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return json.loads(one.stdout.strip().splitlines()[-1])
+
+
 # MambaRec: 449 users (odd: DistributedSampler would repeat one), metrics to 8 decimals
 @pytest.mark.parametrize("model,extra", [("MambaRec", ["--d_state=8", "--train_mode=all_positions",
                                                        "--user_inter_num_interval=[20,60]", "--metric_decimal_place=8"]),
@@ -47,29 +58,10 @@ def test_two_process_gloo_training_saves_one_loadable_checkpoint(tmp_path, model
     assert state["config"]["world_size"] == 2
     # the test metrics of the DDP run are exact: one process evaluating its checkpoint gets the same
     if model == "MambaRec":
-        code = ("import json, sys; import recbole_mamba; from recbole.quick_start import load_data_and_model; "
-                "from recbole.utils import get_trainer; c, m, d, tr, va, te = load_data_and_model(sys.argv[1]); "
-                "t = get_trainer(c['MODEL_TYPE'], c['model'])(c, m); "
-                "print(json.dumps({k: float(v) for k, v in t.evaluate(te, load_best_model=False).items()}))")
-        one = subprocess.run([sys.executable, "-c", code, str(ckpt)], cwd=tmp_path, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-        assert one.returncode == 0, one.stderr[-3000:]
-        single = json.loads(one.stdout.strip().splitlines()[-1])
-        assert single == pytest.approx(result["test_result"], abs=1e-6)
+        assert _evaluate_in_one_process(tmp_path, ckpt) == pytest.approx(result["test_result"], abs=1e-6)
     # rank 0 alone wrote a log
     logs = list((tmp_path / "log" / model).glob("*.log"))
     assert sum("epoch 0 training" in p.read_text() for p in logs) == 1
-
-
-def _evaluate_in_one_process(cwd: Path, ckpt: Path) -> dict:
-    code = ("import json, sys; import recbole_mamba; from recbole.quick_start import load_data_and_model; "
-            "from recbole.utils import get_trainer; c, m, d, tr, va, te = load_data_and_model(sys.argv[1]); "
-            "t = get_trainer(c['MODEL_TYPE'], c['model'])(c, m); "
-            "print(json.dumps({k: float(v) for k, v in t.evaluate(te, load_best_model=False).items()}))")
-    one = subprocess.run([sys.executable, "-c", code, str(ckpt)], cwd=cwd, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    return json.loads(one.stdout.strip().splitlines()[-1])
 
 
 def test_two_simulated_nodes_form_world_size_four_with_exact_metrics(tmp_path):
