@@ -22,8 +22,14 @@ import recbole_mamba  # noqa: F401  (applies compat fixes, registers the models)
 from recbole.quick_start import run
 
 
-def _new_checkpoint(checkpoint_dir: str, model: str, since: float) -> str | None:
-    """The newest ``<model>-*.pth`` written in ``checkpoint_dir`` after ``since``, if any."""
+def _new_checkpoint(checkpoint_dir: str, model: str, since: float, fitted_before: int) -> str | None:
+    """The best-model checkpoint this run wrote: the one RecBole's trainer saved in this process
+    (exact, whatever else writes to ``checkpoint_dir``); under ``--nproc`` (the trainers run in
+    child processes) the newest ``<model>-*.pth`` written in ``checkpoint_dir`` after ``since``."""
+    from recbole_mamba.checkpoints import FITTED_CHECKPOINTS
+
+    if len(FITTED_CHECKPOINTS) > fitted_before and Path(FITTED_CHECKPOINTS[-1]).is_file():
+        return str(Path(FITTED_CHECKPOINTS[-1]))
     found = [p for p in Path(checkpoint_dir).glob(f"{model}-*.pth") if p.stat().st_mtime >= since]
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
@@ -83,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             sys.exit(f"--resume: {exc}")
         print(f"resuming from {state_file}")
         config_dict["resume_from"] = str(state_file)
-    start = time.time()
+    from recbole_mamba.checkpoints import FITTED_CHECKPOINTS
+
+    start, fitted_before = time.time(), len(FITTED_CHECKPOINTS)
     try:
         result = run(
             args.model, args.dataset, config_file_list=config_file_list, config_dict=config_dict or None,
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
             sys.exit(f"run_recbole.py: a process of --nproc={args.nproc} failed: {last}")
         raise
-    checkpoint = _new_checkpoint(config["checkpoint_dir"], args.model, start - 1) or resumed_best
+    checkpoint = _new_checkpoint(config["checkpoint_dir"], args.model, start - 1, fitted_before) or resumed_best
     if checkpoint:
         print(f"checkpoint: {checkpoint}")
     if args.results:

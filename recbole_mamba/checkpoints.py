@@ -183,6 +183,11 @@ def _restore(trainer: Any, path: str | os.PathLike, train_data: Any) -> None:
     trainer.logger.info(f"Resumed from {path}: training continues at epoch {trainer.start_epoch}")
 
 
+#: the best-model checkpoints that ``Trainer.fit`` wrote in this process, in order (what
+#: ``run_recbole.py`` prints: the run's own file, even when other runs share checkpoint_dir)
+FITTED_CHECKPOINTS: list[str] = []
+
+
 def _fit(self: Any, train_data: Any, valid_data: Any = None, verbose: bool = True, saved: bool = True,
          show_progress: bool = False, callback_fn: Any = None) -> Any:
     """RecBole's ``Trainer.fit`` that resumes from ``config['resume_from']`` and writes the resume
@@ -205,6 +210,7 @@ def _fit(self: Any, train_data: Any, valid_data: Any = None, verbose: bool = Tru
     if saved and _is_writer(self):
         with contextlib.suppress(FileNotFoundError):
             resume_path(self.saved_model_file).unlink()
+        FITTED_CHECKPOINTS.append(str(self.saved_model_file))
     return result
 
 
@@ -219,5 +225,5 @@ def install() -> None:
     Trainer._save_checkpoint = _save_checkpoint
 
 
-__all__ = ["install", "atomic_torch_save", "remove_stale_temporaries", "resume_path",
+__all__ = ["install", "FITTED_CHECKPOINTS", "atomic_torch_save", "remove_stale_temporaries", "resume_path",
            "newest_resume_state", "load_resume_state", "RESUME_SUFFIX"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,10 +95,15 @@ def test_run_recbole_script_prints_checkpoint_and_writes_results(in_tmp):
 
     flags = ["--epochs=1", "--MAX_ITEM_LIST_LENGTH=10", "--hidden_size=16", "--d_state=8",
              "--user_inter_num_interval=[20,60]", f"--checkpoint_dir={in_tmp}/ckpt", "--show_progress=False"]
+    # another run's checkpoint in the same folder, newer than this run's: not the one printed
+    (in_tmp / "ckpt").mkdir()
+    decoy = in_tmp / "ckpt" / "MambaRec-Dec-31-2099_00-00-00.pth"
+    decoy.write_bytes(b"another run")
+    os.utime(decoy, (4_102_444_800, 4_102_444_800))
     run = subprocess.run([sys.executable, str(ROOT / "run_recbole.py"), "--model=MambaRec", "--dataset=ml-100k",
                           *flags, "--results", "metrics.json"], capture_output=True, text=True, cwd=in_tmp, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    (ckpt,) = (in_tmp / "ckpt").glob("MambaRec-*.pth")
+    (ckpt,) = [p for p in (in_tmp / "ckpt").glob("MambaRec-*.pth") if p != decoy]
     assert f"checkpoint: {ckpt}" in run.stdout
     out = json.loads((in_tmp / "metrics.json").read_text())
     assert out["checkpoint"] == str(ckpt) and out["model"] == "MambaRec"
