@@ -21,7 +21,7 @@ mamba-ssm runs on it); :class:`~recbole_mamba.layers.MambaBlock` is its form in 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Protocol
 
 import torch
@@ -69,7 +69,7 @@ class SubState(MutableMapping):
         return sum(1 for _ in self)
 
 
-def stack_with_state(layers, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
+def stack_with_state(layers: Iterable[StatefulLayer], x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
                      prefix: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run ``layers`` (stateful, in order) with state: layer i's state under ``f"{prefix}{i}."``."""
     state: dict[str, torch.Tensor] = {}
@@ -79,7 +79,7 @@ def stack_with_state(layers, x: torch.Tensor, lengths: torch.Tensor, mask: torch
     return x, state
 
 
-def stack_step(layers, x: torch.Tensor, state: LayerState, count: torch.Tensor,
+def stack_step(layers: Iterable[StatefulLayer], x: torch.Tensor, state: LayerState, count: torch.Tensor,
                prefix: str = "") -> torch.Tensor:
     """One position through ``layers``, each reading and updating its part of ``state``."""
     for i, layer in enumerate(layers):

@@ -8,6 +8,7 @@ RecBole calls (``forward``, ``calculate_loss``, ``predict``, ``full_sort_predict
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -33,7 +34,7 @@ from recbole_mamba.models.online import OnlineStateMixin
 AUTO_DROPOUT = (40.0, 0.4, 0.2)
 
 
-def resolve_dropout(value, dataset, owner: str) -> float:
+def resolve_dropout(value: float | str, dataset: Any, owner: str) -> float:
     """``dropout_prob`` as a number: ``auto`` picks it from the data's mean interactions per user
     (:data:`AUTO_DROPOUT`: short histories, where each user's few events are easy to memorise,
     get more dropout); a number is used as it is. The choice is logged."""

@@ -22,7 +22,8 @@ import math
 import torch
 from torch import nn
 
-from recbole_mamba.layers import Dropout, LowRankSelfAttention, MambaBlock, SubState, prefixed, stack_step, stack_with_state
+from recbole_mamba.layers import (Dropout, LowRankSelfAttention, MambaBlock, SubState, prefixed, stack_step,
+                                  stack_with_state)
 from recbole_mamba.models.base import MambaSequentialBase, resolve_dropout
 
 
