@@ -216,8 +216,8 @@ class LowRankSelfAttention(nn.Module):
         """x (batch, L, D); mask (batch, L) True at real positions (None: all real)."""
         scale = 1.0 / math.sqrt(self.head_dim)
         if self.causal and runs_cpu_kernels(self.backend, x, self.query.weight):
-            # the fused kernel (recbole_mamba.ops.causal_lsa): this layer's fwd+bwd at B=32,
-            # L=200, H=8, P=20, D=64 on 2 threads ~27 ms against ~66 ms with the chunked form below
+            # the fused kernel (recbole_mamba.ops.causal_lsa; its speed against the chunked
+            # form below: docs/backends.md)
             key, value = self.key(x), self.value(x)
             drop = self.attn_dropout.p if self.training else 0.0
             ctx = causal_lsa(self.query(x), key, value, self.pool_key.logits(key, mask),
