@@ -41,9 +41,9 @@ def test_layer_step_equals_causal_forward_at_every_position():
     mask = torch.ones(BATCH, 30, dtype=torch.bool)
     with torch.no_grad():
         full = lsa(x, mask)
-        _, state = lsa.forward_with_state(x[:, :1], mask[:, :1])
+        _, state = lsa.forward_with_state(x[:, :1], None, mask[:, :1])
         for t in range(1, 30):
-            out, state = lsa.step(x[:, t], state)
+            out = lsa.step(x[:, t], state)
             torch.testing.assert_close(out, full[:, t], atol=1e-5, rtol=1e-5)
 
 
