@@ -73,13 +73,17 @@ def run_one(spec: dict) -> dict:
     }
 
 
-def _child_main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    result = run_one(spec)
-    out = Path(spec["run_dir"]) / "result.json"
+def _write_result(result: dict, run_dir: Path) -> None:
+    """``run_dir/result.json``, always whole (a temporary and a rename): it marks the run as finished."""
+    out = Path(run_dir) / "result.json"
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)  # a result.json is always whole: it marks the run as finished
+    os.replace(tmp, out)
+
+
+def _child_main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    _write_result(run_one(spec), Path(spec["run_dir"]))
     return 0
 
 
@@ -103,6 +107,28 @@ def _last_error(log: Path) -> str:
     return lines[-1][:300] if lines else "failed with no output"
 
 
+def _prepare_run(out: Path, model: str, seed: int, dataset: str, files: list[str], config: dict,
+                 keep_checkpoints: bool) -> tuple[Path, dict | None]:
+    """(run folder, its result when it finished before); otherwise writes its ``spec.json``."""
+    run_dir = out / "runs" / model / f"seed{seed}"
+    result_file = run_dir / "result.json"
+    if result_file.is_file():
+        return run_dir, json.loads(result_file.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"model": model, "seed": seed, "dataset": dataset, "config_files": files,
+            "config": config, "run_dir": str(run_dir.resolve()), "keep_checkpoints": keep_checkpoints}
+    (run_dir / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+    return run_dir, None
+
+
+def _failure(model: str, seed: int, dataset: str, code: Any, timeout: float | None, run_dir: Path,
+             start: float) -> dict:
+    """The record of a run that wrote no result: why (timeout, killed, the log's last error)."""
+    reason = f"timed out after {timeout:.0f} s" if code == "timeout" else (
+        "killed (out of memory?)" if code in (-9, 137) else _last_error(run_dir / "run.log"))
+    return {"model": model, "seed": seed, "dataset": dataset, "error": reason, "run_s": round(time.time() - start, 2)}
+
+
 def run_all(models: list[str], seeds: list[int], dataset: str, config_files: list[str],
             config: dict, out: Path, timeout: float | None, keep_checkpoints: bool = False,
             echo=print, per_model: dict[str, list[str]] | None = None) -> list[dict]:
@@ -112,19 +138,14 @@ def run_all(models: list[str], seeds: list[int], dataset: str, config_files: lis
     records = []
     total = len(models) * len(seeds)
     for n, (model, seed) in enumerate(((m, s) for m in models for s in seeds), start=1):
-        run_dir = out / "runs" / model / f"seed{seed}"
-        result_file = run_dir / "result.json"
         label = f"[{n}/{total}] {model} seed {seed}"
-        if result_file.is_file():
-            echo(f"{label}: done before, kept ({result_file})")
-            records.append(json.loads(result_file.read_text()))
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
         files = config_files + (per_model or {}).get(model, [])
-        spec = {"model": model, "seed": seed, "dataset": dataset, "config_files": files,
-                "config": config, "run_dir": str(run_dir.resolve()), "keep_checkpoints": keep_checkpoints}
-        spec_file = run_dir / "spec.json"
-        spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+        run_dir, kept = _prepare_run(out, model, seed, dataset, files, config, keep_checkpoints)
+        result_file, spec_file = run_dir / "result.json", run_dir / "spec.json"
+        if kept is not None:
+            echo(f"{label}: done before, kept ({result_file})")
+            records.append(kept)
+            continue
         echo(f"{label}: running (log: {run_dir / 'run.log'})")
         start = time.time()
         with open(run_dir / "run.log", "w") as log:
@@ -145,11 +166,8 @@ def run_all(models: list[str], seeds: list[int], dataset: str, config_files: lis
             record = json.loads(result_file.read_text())
             echo(f"{label}: finished in {record['run_s']:.0f} s, test {_brief(record['test'])}")
         else:
-            reason = f"timed out after {timeout:.0f} s" if code == "timeout" else (
-                "killed (out of memory?)" if code in (-9, 137) else _last_error(run_dir / "run.log"))
-            record = {"model": model, "seed": seed, "dataset": dataset, "error": reason,
-                      "run_s": round(time.time() - start, 2)}
-            echo(f"{label}: FAILED: {reason}")
+            record = _failure(model, seed, dataset, code, timeout, run_dir, start)
+            echo(f"{label}: FAILED: {record['error']}")
         records.append(record)
     return records
 
@@ -208,18 +226,14 @@ def run_all_on_ray(models: list[str], seeds: list[int], dataset: str, config_fil
     records: dict[tuple[str, int], dict] = {}
     pending: dict[Any, tuple[int, str, int, Path, float]] = {}
     for n, (model, seed) in enumerate(order, start=1):
-        run_dir = out / "runs" / model / f"seed{seed}"
-        result_file = run_dir / "result.json"
         label = f"[{n}/{total}] {model} seed {seed}"
-        if result_file.is_file():
-            echo(f"{label}: done before, kept ({result_file})")
-            records[model, seed] = json.loads(result_file.read_text())
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
         files = config_files + (per_model or {}).get(model, [])
-        spec = {"model": model, "seed": seed, "dataset": dataset, "config_files": files,
-                "config": config, "run_dir": str(run_dir.resolve()), "keep_checkpoints": False}
-        (run_dir / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+        run_dir, kept = _prepare_run(out, model, seed, dataset, files, config, False)
+        if kept is not None:
+            echo(f"{label}: done before, kept ({run_dir / 'result.json'})")
+            records[model, seed] = kept
+            continue
+        spec = json.loads((run_dir / "spec.json").read_text())
         threads = max(1, int(cpus_per_run)) if cpus_per_run else None
         pending[task.remote(spec, threads, timeout)] = (n, model, seed, run_dir, time.time())
         echo(f"{label}: submitted to the Ray cluster")
@@ -241,17 +255,11 @@ def run_all_on_ray(models: list[str], seeds: list[int], dataset: str, config_fil
         (run_dir / "run.log").write_text(reply["log"])
         if reply["result"] is not None:
             record = reply["result"]
-            tmp = run_dir / "result.json.tmp"
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
-            os.replace(tmp, run_dir / "result.json")
+            _write_result(record, run_dir)
             echo(f"{label}: finished on {reply['node']} in {record['run_s']:.0f} s, test {_brief(record['test'])}")
         else:
-            code = reply["code"]
-            reason = f"timed out after {timeout:.0f} s" if code == "timeout" else (
-                "killed (out of memory?)" if code in (-9, 137) else _last_error(run_dir / "run.log"))
-            record = {"model": model, "seed": seed, "dataset": dataset, "error": reason,
-                      "run_s": round(time.time() - start, 2)}
-            echo(f"{label}: FAILED on {reply['node']}: {reason}")
+            record = _failure(model, seed, dataset, reply["code"], timeout, run_dir, start)
+            echo(f"{label}: FAILED on {reply['node']}: {record['error']}")
         records[model, seed] = record
     return [records[key] for key in order]
 
