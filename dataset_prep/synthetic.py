@@ -61,8 +61,8 @@ def _sessions(rng: np.random.Generator, first_user: int, users: int, events: int
     return user, item, ts
 
 
-def _session_table(user: np.ndarray, item: np.ndarray, ts: np.ndarray, fmt: str,
-                   rng: np.random.Generator) -> pa.Table:
+def _table(user: np.ndarray, item: np.ndarray, ts: np.ndarray, fmt: str, rng: np.random.Generator) -> pa.Table:
+    """Events (user, item, timestamp in seconds) as the rows of ``fmt``'s raw file."""
     if fmt == "lfm1b":
         return pa.table({"u": user, "artist": item // (ALBUM * 5), "album": item // ALBUM, "track": item, "t": ts})
     n = user.shape[0]
@@ -78,14 +78,7 @@ def _chunk(rng: np.random.Generator, n: int, users: int, items: int, t0: int, fm
     # Zipf-like popularity: a few items get most events
     item = np.minimum((rng.pareto(1.2, n) * items / 50).astype(np.int64), items - 1)
     ts = t0 + np.sort(rng.integers(0, 3600, n))
-    if fmt == "lfm1b":
-        return pa.table({"u": user, "artist": item // 50, "album": item // 10, "track": item, "t": ts})
-    ms = ts * 1000 + rng.integers(0, 1000, n)
-    cols = {"user_id": user, "video_id": item, "date": np.full(n, 20220408), "hourmin": np.full(n, 1200),
-            "time_ms": ms, "is_click": rng.integers(0, 2, n)}
-    for c in KUAIRAND_COLUMNS[6:]:
-        cols[c] = rng.integers(0, 2, n)
-    return pa.table(cols)
+    return _table(user, item, ts, fmt, rng)
 
 
 def generate(output: str | Path, fmt: str = "lfm1b", rows: int = 1_000_000, users: int = 10_000,
@@ -119,7 +112,7 @@ def generate(output: str | Path, fmt: str = "lfm1b", rows: int = 1_000_000, user
             for first in range(0, users, per_chunk):
                 count = min(per_chunk, users - first)
                 cols = _sessions(rng, first, count, events_per_user, items, session_mean)
-                pacsv.write_csv(_session_table(*cols, fmt, rng), sink, opts)
+                pacsv.write_csv(_table(*cols, fmt, rng), sink, opts)
                 bar.update(count * events_per_user)
             return output
         while done < rows:
