@@ -74,6 +74,41 @@ def test_efficiency_bench_two_lengths(tmp_path):
     assert "train vs SASRec" in (out / "efficiency.md").read_text()
 
 
+def test_profile_names_the_fused_kernels_and_accounts_for_the_step(tmp_path):
+    """--profile: the fused CPU kernels appear under their own names (their forward, which torch
+    does not record for a custom Function, included), and the shares cover the whole step."""
+    import torch
+
+    from recbole_mamba.bench.models import build_model_and_transform, random_sequences, training_batch
+
+    net, transform = build_model_and_transform("MambaRec", 32, hidden_size=16, d_state=8, mamba_backend="cpu",
+                                               train_mode="augment")
+    net.train()
+    data = training_batch(net, transform, random_sequences(net.n_items, 4, 33))
+    optimizer = torch.optim.Adam(net.parameters())
+
+    def step():
+        optimizer.zero_grad()
+        net.calculate_loss(data).backward()
+        optimizer.step()
+
+    step()
+    rows = efficiency.profile_step(step, top=200)
+    ops = {r["op"]: r for r in rows}
+    for name in ("recbole_mamba::selective_scan_cpu_fwd", "recbole_mamba::selective_scan_cpu_bwd",
+                 "recbole_mamba::causal_conv1d_silu_cpu_fwd", "recbole_mamba::causal_conv1d_silu_cpu_bwd"):
+        assert ops[name]["calls"] == 1 and ops[name]["self_s"] > 0, name
+    assert abs(sum(r["share"] for r in rows) - 1.0) < 1e-6
+    table = efficiency.profile_markdown("MambaRec", 32, efficiency.profile_step(step, top=3))
+    assert table.count("\n| `") == 4 and "| `other` |" in table  # three ops, then the rest
+
+
+def test_efficiency_bench_rejects_a_negative_profile(capsys):
+    with pytest.raises(SystemExit):
+        efficiency.main(["--profile", "-1"])
+    assert "--profile must be 0" in capsys.readouterr().err
+
+
 def test_rounds_combine_to_medians_with_per_round_ratios():
     def row(model, train, infer, peak, status="ok"):
         return {"model": model, "length": 200, "batch": 4, "status": status, "train_step_s": train,

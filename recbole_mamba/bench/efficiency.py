@@ -14,6 +14,11 @@ each reported as the median over its steps. Peak memory is the step's: on CPU th
 resident size before the steps; on CUDA ``torch.cuda.max_memory_allocated``. A child that runs
 out of memory (an allocation error, the ``--memory-limit-gib`` address-space cap, or the kernel's
 OOM killer) is recorded as ``OOM``, and the benchmark goes on.
+
+``--profile K`` also records one more training step under ``torch.profiler`` and prints the K
+ops with the most self time (the fused kernels under their ``recbole_mamba::`` names,
+:mod:`recbole_mamba.ops.profiling`): where a step's time goes. The profiler's own overhead falls
+on the many small ops, so shares there are upper bounds; the timed figures are measured without it.
 """
 
 from __future__ import annotations
@@ -49,10 +54,41 @@ def _cap_address_space(extra_gib: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
+def profile_step(step, top: int, cuda: bool = False) -> list[dict]:
+    """Run ``step()`` once under ``torch.profiler``; the ``top`` ops by self time (device time on
+    CUDA), each ``{"op", "self_s", "calls", "share"}`` (share of the summed self time of all ops),
+    then one ``"other"`` row for the rest."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    rows = [{"op": e.key, "self_s": getattr(e, attr) / 1e6, "calls": e.count, "share": getattr(e, attr) / total}
+            for e in events[:top]]
+    rest = sum(getattr(e, attr) for e in events[top:])
+    rows.append({"op": "other", "self_s": rest / 1e6, "calls": sum(e.count for e in events[top:]), "share": rest / total})
+    return rows
+
+
+def profile_markdown(model: str, length: int, rows: list[dict]) -> str:
+    """One (model, length)'s profile as a markdown table."""
+    lines = [f"{model}, L={length}: one training step under torch.profiler, ops by self time", "",
+             "| op | self time (ms) | calls | share |", "|---|---|---|---|"]
+    lines += [f"| `{r['op']}` | {r['self_s'] * 1e3:.1f} | {r['calls']} | {r['share']:.1%} |" for r in rows]
+    return "\n".join(lines)
+
+
 def _child(model: str, length: int, batch: int, steps: int, device: str,
-           memory_limit_gib: float | None = None) -> dict:
+           memory_limit_gib: float | None = None, profile: int = 0) -> dict:
     """Child process: time and measure one (model, length); on CPU, ``memory_limit_gib`` caps
-    what the steps may map beyond the built model."""
+    what the steps may map beyond the built model; ``profile`` > 0 adds that many ops of a
+    profiled extra step."""
     import torch
 
     from recbole_mamba.bench.models import build_model_and_transform, random_sequences, training_batch
@@ -98,14 +134,18 @@ def _child(model: str, length: int, batch: int, steps: int, device: str,
         net.full_sort_predict(data)
         infer_s = statistics.median(timed(lambda: net.full_sort_predict(data)) for _ in range(steps))
     peak = (torch.cuda.max_memory_allocated() if cuda else status_bytes("VmHWM")) - before
-    return {"train_step_s": train_s, "infer_s": infer_s, "peak_bytes": peak}
+    result = {"train_step_s": train_s, "infer_s": infer_s, "peak_bytes": peak}
+    if profile:
+        net.train()
+        result["profile"] = profile_step(train_step, profile, cuda)
+    return result
 
 
 def measure(model: str, length: int, batch: int, steps: int, device: str,
-            memory_limit_gib: float | None, timeout: float | None) -> dict:
+            memory_limit_gib: float | None, timeout: float | None, profile: int = 0) -> dict:
     """One row, measured in a child process; OOM and other failures become the row's status."""
     spec = json.dumps({"model": model, "length": length, "batch": batch, "steps": steps, "device": device,
-                       "memory_limit_gib": memory_limit_gib})
+                       "memory_limit_gib": memory_limit_gib, "profile": profile})
     row = {"model": model, "length": length, "batch": batch}
     try:
         run = subprocess.run([sys.executable, "-m", "recbole_mamba.bench.efficiency", "--child", spec],
@@ -116,7 +156,7 @@ def measure(model: str, length: int, batch: int, steps: int, device: str,
     if run.returncode == 0 and lines:
         result = json.loads(lines[-1])
         return {**row, "status": "ok", "train_step_s": result["train_step_s"], "infer_s": result["infer_s"],
-                "peak_mib": result["peak_bytes"] / 2**20}
+                "peak_mib": result["peak_bytes"] / 2**20, **({"profile": result["profile"]} if "profile" in result else {})}
     text = run.stderr + run.stdout
     oom = run.returncode in (-9, 137) or any(s in text for s in (
         "out of memory", "OutOfMemoryError", "MemoryError", "Cannot allocate memory", "std::bad_alloc",
@@ -245,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU: address space each child may map beyond its built model, so that a model that does not fit fails "
                         "cleanly as OOM instead of swapping the machine (0: none)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per (model, length)")
+    p.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="also profile one training step per (model, length) and print its K ops with the most "
+                        "self time (written to --out as profile.md)")
     p.add_argument("--out", default=None, help="folder for efficiency.csv, efficiency.md, efficiency.png")
     p.add_argument("--replot", action="store_true",
                    help="redraw efficiency.md and efficiency.png from the --out folder's efficiency.csv")
@@ -256,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         spec = json.loads(argv[1])
         print(json.dumps(_child(spec["model"], spec["length"], spec["batch"], spec["steps"], spec["device"],
-                                spec.get("memory_limit_gib"))))
+                                spec.get("memory_limit_gib"), spec.get("profile", 0))))
         return 0
     p = build_parser()
     args = p.parse_args(argv)
@@ -271,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.rounds < 1 or args.steps < 1:
         p.error(f"--rounds and --steps must be at least 1 (got {args.rounds} and {args.steps})")
+    if args.profile < 0:
+        p.error(f"--profile must be 0 (off) or a number of ops (got {args.profile})")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     lengths = sorted(int(x) for x in args.lengths.split(","))
     if args.device.startswith("cuda"):
@@ -282,13 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         print("note: SASRec is not in --models, so no ratios are computed", file=sys.stderr)
     print(f"batch {args.batch_size}, device {args.device}, median of {args.steps} timed step(s), "
           f"{args.rounds} round(s)")
-    rounds = []
+    rounds, profiles = [], []
     for r in range(args.rounds):
         rows = []
         for model in models:
             for length in lengths:
                 row = measure(model, length, args.batch_size, args.steps, args.device,
-                              args.memory_limit_gib or None, args.timeout)
+                              args.memory_limit_gib or None, args.timeout, args.profile)
                 rows.append(row)
                 tag = f"round {r + 1}: " if args.rounds > 1 else ""
                 if row["status"] == "ok":
@@ -296,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{row['infer_s']:.3f} s  peak {row['peak_mib']:.0f} MiB", flush=True)
                 else:
                     print(f"{tag}{model:>11} L={length:<5} {row['status']}", flush=True)
+                if row.get("profile"):
+                    profiles.append(profile_markdown(model, length, row["profile"]))
+                    print(f"\n{profiles[-1]}\n", flush=True)
         add_ratios(rows)
         rounds.append(rows)
     rows = combine_rounds(rounds)
@@ -311,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerows(rows)
         (out / "efficiency.md").write_text(f"batch {args.batch_size}, {args.device}\n\n{table}\n")
         plot(rows, out / "efficiency.png", args.device, args.batch_size)
-        print(f"wrote {out / 'efficiency.csv'}, {out / 'efficiency.md'}, {out / 'efficiency.png'}")
+        if profiles:
+            (out / "profile.md").write_text("\n\n".join(profiles) + "\n")
+        print(f"wrote {out / 'efficiency.csv'}, {out / 'efficiency.md'}, {out / 'efficiency.png'}"
+              + (f", {out / 'profile.md'}" if profiles else ""))
     return 0
 
 

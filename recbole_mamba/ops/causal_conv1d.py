@@ -28,6 +28,7 @@ from numba import njit, prange
 
 from recbole_mamba.ops.backend import runs_cpu_kernels
 from recbole_mamba.ops.cpu_common import FASTMATH, exp_row, like, as_numpy
+from recbole_mamba.ops.profiling import profiled
 
 TIME_BLOCK = 64
 """Steps per parallel work item."""
@@ -134,6 +135,7 @@ class CausalConv1dSiLUCPU(torch.autograd.Function):
     """``torch.autograd.Function`` around the numba kernels (see the module docstring)."""
 
     @staticmethod
+    @profiled("causal_conv1d_silu_cpu_fwd")
     def forward(ctx, x, weight, bias, silu):
         dtype = x.dtype
         nb, length, nd = x.shape
@@ -147,6 +149,7 @@ class CausalConv1dSiLUCPU(torch.autograd.Function):
         return out
 
     @staticmethod
+    @profiled("causal_conv1d_silu_cpu_bwd")
     def backward(ctx, dout):
         x, weight, bias = ctx.saved_tensors
         dtype = x.dtype

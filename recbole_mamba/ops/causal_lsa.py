@@ -41,6 +41,7 @@ from numba import njit, prange
 
 from recbole_mamba.ops.cpu_common import CPU_DTYPES, FASTMATH, as_numpy, exp_or_zero, exp_row, like, pool_update
 from recbole_mamba.ops.dropout_cpu import draw_seed, keep_hash, threshold
+from recbole_mamba.ops.profiling import profiled
 
 CHUNK = 32
 """Positions between two saved running states; backward recomputes one chunk at a time."""
@@ -347,6 +348,7 @@ class CausalLSACPU(torch.autograd.Function):
     """``torch.autograd.Function`` around the numba kernels (see the module docstring)."""
 
     @staticmethod
+    @profiled("causal_lsa_cpu_fwd")
     def forward(ctx, q, key_x, value_x, logit_k, logit_v, n_heads, scale, dropout, seed):
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         batch, length, dim = q.shape
@@ -372,6 +374,7 @@ class CausalLSACPU(torch.autograd.Function):
         return torch.from_numpy(out).to(q.dtype)
 
     @staticmethod
+    @profiled("causal_lsa_cpu_bwd")
     def backward(ctx, dctx):
         inputs = ctx.saved_tensors
         arrays = [as_numpy(t, ctx.dtype) for t in inputs]

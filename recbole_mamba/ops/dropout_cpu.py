@@ -27,6 +27,7 @@ import torch
 from numba import njit, prange
 
 from recbole_mamba.ops.cpu_common import FASTMATH, CPU_DTYPES, like
+from recbole_mamba.ops.profiling import profiled
 
 #: elements per parallel work item
 BLOCK = 4096
@@ -87,11 +88,13 @@ class DropoutCPU(torch.autograd.Function):
     """``torch.autograd.Function`` around :func:`_apply`; backward applies the same mask."""
 
     @staticmethod
+    @profiled("dropout_cpu_fwd")
     def forward(ctx, x, p, seed):
         ctx.p, ctx.seed = p, seed
         return _run(x, p, seed)
 
     @staticmethod
+    @profiled("dropout_cpu_bwd")
     def backward(ctx, grad):
         return _run(grad, ctx.p, ctx.seed), None, None
 

@@ -40,6 +40,7 @@ import torch
 from numba import njit, prange
 
 from recbole_mamba.ops.cpu_common import CPU_DTYPES, FASTMATH, as_numpy, exp_parts, exp_row, like
+from recbole_mamba.ops.profiling import profiled
 from recbole_mamba.ops.selective_scan_ref import check_scan_inputs
 
 CHUNK = 32
@@ -347,6 +348,7 @@ class SelectiveScanCPU(torch.autograd.Function):
     """``torch.autograd.Function`` around the numba kernels (see the module docstring)."""
 
     @staticmethod
+    @profiled("selective_scan_cpu_fwd")
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
         _check_inputs(u, delta, A, B, C, D, z, delta_bias)
         dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -375,6 +377,7 @@ class SelectiveScanCPU(torch.autograd.Function):
         return out
 
     @staticmethod
+    @profiled("selective_scan_cpu_bwd")
     def backward(ctx, dout, *rest):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
         dtype = ctx.dtype

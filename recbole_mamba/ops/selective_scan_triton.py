@@ -33,6 +33,7 @@ import os
 
 import torch
 
+from recbole_mamba.ops.profiling import profiled
 from recbole_mamba.ops.selective_scan_ref import check_scan_inputs
 
 try:
@@ -231,6 +232,7 @@ class SelectiveScanTriton(torch.autograd.Function):
     """``torch.autograd.Function`` around the two Triton kernels."""
 
     @staticmethod
+    @profiled("selective_scan_triton_fwd")
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk):
         _check(u, delta, A, B, C, D, z, delta_bias)
         nb, nd, length = u.shape
@@ -259,6 +261,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         return out
 
     @staticmethod
+    @profiled("selective_scan_triton_bwd")
     def backward(ctx, dout, *rest):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
         nb, nd, length = u.shape
