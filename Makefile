@@ -27,7 +27,7 @@ demo: venv
 	$(PY) run_recbole.py --model=MLSA4Rec --dataset=ml-100k --config_files=properties/demo.yaml
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench-scan: venv
 	$(PY) -m recbole_mamba.bench.scan
