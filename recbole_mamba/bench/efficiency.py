@@ -155,8 +155,9 @@ def measure(model: str, length: int, batch: int, steps: int, device: str,
     lines = run.stdout.strip().splitlines()
     if run.returncode == 0 and lines:
         result = json.loads(lines[-1])
+        # the resident size can end below where the steps started (the allocator gave pages back): 0
         return {**row, "status": "ok", "train_step_s": result["train_step_s"], "infer_s": result["infer_s"],
-                "peak_mib": result["peak_bytes"] / 2**20, **({"profile": result["profile"]} if "profile" in result else {})}
+                "peak_mib": max(0.0, result["peak_bytes"] / 2**20), **({"profile": result["profile"]} if "profile" in result else {})}
     text = run.stderr + run.stdout
     oom = run.returncode in (-9, 137) or any(s in text for s in (
         "out of memory", "OutOfMemoryError", "MemoryError", "Cannot allocate memory", "std::bad_alloc",
