@@ -132,14 +132,20 @@ def test_run_recboles_single_gpu(in_tmp):
     assert "ndcg@10" in queue.get()["test_result"]
 
 
-def test_dropout_auto_follows_history_length(in_tmp):
+@pytest.mark.parametrize("train_mode", ["all_positions", "augment"])
+def test_dropout_auto_follows_history_length(in_tmp, train_mode):
     """MambaRec's shipped dropout_prob: auto is 0.2 on ml-100k (~106 interactions per user) and 0.4
-    on short histories (5 per user); a number is used as given."""
-    from recbole.data import create_dataset
+    on short histories (5 per user), from the training split RecBole builds the model with (whose
+    rows are windows or targets, not interactions) as from the whole data set; a number is used
+    as given."""
+    from recbole.data import create_dataset, data_preparation
 
-    cfg = Config(model="MambaRec", dataset="ml-100k", config_dict={"show_progress": False})
+    cfg = Config(model="MambaRec", dataset="ml-100k", config_dict={"show_progress": False, "train_mode": train_mode})
     assert cfg["dropout_prob"] == "auto"
-    assert MambaRec(cfg, create_dataset(cfg)).dropout_prob == 0.2
+    dataset = create_dataset(cfg)
+    assert MambaRec(cfg, dataset).dropout_prob == 0.2
+    train = data_preparation(cfg, dataset)[0]
+    assert MambaRec(cfg, train._dataset).dropout_prob == 0.2  # as run_recbole builds it
     folder = in_tmp / "data" / "short"
     folder.mkdir(parents=True)
     lines = ["user_id:token\titem_id:token\ttimestamp:float"]
@@ -148,7 +154,7 @@ def test_dropout_auto_follows_history_length(in_tmp):
     short = {"data_path": str(in_tmp / "data"), "show_progress": False, "MAX_ITEM_LIST_LENGTH": 5,
              "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "user_inter_num_interval": None,
              "item_inter_num_interval": None}
-    cfg = Config(model="MambaRec", dataset="short", config_dict=short)
-    assert MambaRec(cfg, create_dataset(cfg)).dropout_prob == 0.4
+    cfg = Config(model="MambaRec", dataset="short", config_dict={**short, "train_mode": train_mode})
+    assert MambaRec(cfg, data_preparation(cfg, create_dataset(cfg))[0]._dataset).dropout_prob == 0.4
     cfg = Config(model="MambaRec", dataset="short", config_dict={**short, "dropout_prob": 0.25})
     assert MambaRec(cfg, create_dataset(cfg)).dropout_prob == 0.25

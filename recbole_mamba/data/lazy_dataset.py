@@ -74,6 +74,13 @@ class LazySequentialDataset(SequentialDataset):
                              "be used with benchmark_filename (precomputed item lists)")
         super().__init__(config)
 
+    @property
+    def interaction_count(self) -> int:
+        """Interactions of the whole data set, every split included, whichever split or training
+        mode this object holds (its rows are targets or all-position windows, not interactions)."""
+        first = getattr(self, "_user_first", None)  # set over all interactions, before the split
+        return len(first) if first is not None else self.inter_num
+
     # ------------------------------------------------------------------ building
     def data_augmentation(self) -> None:
         """Index every (user, target) row like RecBole's augmentation, without copying histories."""

@@ -40,7 +40,10 @@ def resolve_dropout(value: float | str, dataset: Any, owner: str) -> float:
     get more dropout); a number is used as it is. The choice is logged."""
     if value != "auto":
         return float(value)
-    per_user = dataset.inter_num / max(1, dataset.user_num - 1)
+    # RecBole builds the model from the training split, whose rows are targets or (all positions)
+    # one window per user: the lazy dataset counts the data set's interactions themselves
+    total = getattr(dataset, "interaction_count", None) or dataset.inter_num
+    per_user = total / max(1, dataset.user_num - 1)
     threshold, short, long = AUTO_DROPOUT
     chosen = short if per_user < threshold else long
     logging.getLogger(__name__).info(
