@@ -108,17 +108,18 @@ def _last_error(log: Path) -> str:
 
 
 def _prepare_run(out: Path, model: str, seed: int, dataset: str, files: list[str], config: dict,
-                 keep_checkpoints: bool) -> tuple[Path, dict | None]:
-    """(run folder, its result when it finished before); otherwise writes its ``spec.json``."""
+                 keep_checkpoints: bool) -> tuple[Path, dict | None, dict | None]:
+    """(run folder, its result when it finished before, None); otherwise (run folder, None, the
+    run's spec), the spec also written to its ``spec.json``."""
     run_dir = out / "runs" / model / f"seed{seed}"
     result_file = run_dir / "result.json"
     if result_file.is_file():
-        return run_dir, json.loads(result_file.read_text())
+        return run_dir, json.loads(result_file.read_text()), None
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {"model": model, "seed": seed, "dataset": dataset, "config_files": files,
             "config": config, "run_dir": str(run_dir.resolve()), "keep_checkpoints": keep_checkpoints}
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
-    return run_dir, None
+    return run_dir, None, spec
 
 
 def _failure(model: str, seed: int, dataset: str, code: Any, timeout: float | None, run_dir: Path,
@@ -140,7 +141,7 @@ def run_all(models: list[str], seeds: list[int], dataset: str, config_files: lis
     for n, (model, seed) in enumerate(((m, s) for m in models for s in seeds), start=1):
         label = f"[{n}/{total}] {model} seed {seed}"
         files = config_files + (per_model or {}).get(model, [])
-        run_dir, kept = _prepare_run(out, model, seed, dataset, files, config, keep_checkpoints)
+        run_dir, kept, _ = _prepare_run(out, model, seed, dataset, files, config, keep_checkpoints)
         result_file, spec_file = run_dir / "result.json", run_dir / "spec.json"
         if kept is not None:
             echo(f"{label}: done before, kept ({result_file})")
@@ -228,12 +229,11 @@ def run_all_on_ray(models: list[str], seeds: list[int], dataset: str, config_fil
     for n, (model, seed) in enumerate(order, start=1):
         label = f"[{n}/{total}] {model} seed {seed}"
         files = config_files + (per_model or {}).get(model, [])
-        run_dir, kept = _prepare_run(out, model, seed, dataset, files, config, False)
+        run_dir, kept, spec = _prepare_run(out, model, seed, dataset, files, config, False)
         if kept is not None:
             echo(f"{label}: done before, kept ({run_dir / 'result.json'})")
             records[model, seed] = kept
             continue
-        spec = json.loads((run_dir / "spec.json").read_text())
         threads = max(1, int(cpus_per_run)) if cpus_per_run else None
         pending[task.remote(spec, threads, timeout)] = (n, model, seed, run_dir, time.time())
         echo(f"{label}: submitted to the Ray cluster")

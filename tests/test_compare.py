@@ -74,7 +74,7 @@ def test_efficiency_bench_two_lengths(tmp_path):
     assert "train vs SASRec" in (out / "efficiency.md").read_text()
 
 
-def test_profile_names_the_fused_kernels_and_accounts_for_the_step(tmp_path):
+def test_profile_names_the_fused_kernels_and_accounts_for_the_step():
     """--profile: the fused CPU kernels appear under their own names (their forward, which torch
     does not record for a custom Function, included), and the shares cover the whole step."""
     import torch

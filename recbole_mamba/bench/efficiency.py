@@ -67,13 +67,11 @@ def profile_step(step, top: int, cuda: bool = False) -> list[dict]:
         if cuda:
             torch.cuda.synchronize()
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
-    total = sum(getattr(e, attr) for e in events) or 1.0
-    rows = [{"op": e.key, "self_s": getattr(e, attr) / 1e6, "calls": e.count, "share": getattr(e, attr) / total}
-            for e in events[:top]]
-    rest = sum(getattr(e, attr) for e in events[top:])
-    rows.append({"op": "other", "self_s": rest / 1e6, "calls": sum(e.count for e in events[top:]), "share": rest / total})
-    return rows
+    ops = sorted(((getattr(e, attr), e.key, e.count) for e in prof.key_averages()), reverse=True)  # µs, name, calls
+    total = sum(us for us, _, _ in ops) or 1.0
+    rest = ops[top:]
+    ops = ops[:top] + [(sum(us for us, _, _ in rest), "other", sum(calls for _, _, calls in rest))]
+    return [{"op": name, "self_s": us / 1e6, "calls": calls, "share": us / total} for us, name, calls in ops]
 
 
 def profile_markdown(model: str, length: int, rows: list[dict]) -> str:
