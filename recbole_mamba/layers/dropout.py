@@ -14,8 +14,8 @@ class Dropout(nn.Dropout):
 
     In training, when ``backend`` resolves to ``cpu`` (:mod:`recbole_mamba.ops.backend`) for a
     float32/float64 CPU tensor, with 0 < p < 1 and not in place, the mask comes from
-    :func:`recbole_mamba.ops.dropout_cpu` (a counter-based hash, ~8x faster than torch's
-    ``bernoulli_`` on CPU; same distribution, seeded from torch's generator). Everywhere else
+    :func:`recbole_mamba.ops.dropout_cpu` (a counter-based hash, faster than torch's
+    ``bernoulli_`` on CPU, docs/backends.md; same distribution, seeded from torch's generator). Everywhere else
     (eval, GPU, ``backend="reference"``, other dtypes, p = 0 or 1, ``inplace``) it is
     ``F.dropout``, as ``nn.Dropout``. No parameters or buffers, so state dicts are unchanged.
     """

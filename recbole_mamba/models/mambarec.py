@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recbole_mamba.layers import FeedForward, MambaBlock, ScaledPositionalEmbedding, stack_step, stack_with_state
+from recbole_mamba.layers import FeedForward, MambaBlock, ScaledPositionalEmbedding
 from recbole_mamba.models.base import MambaSequentialBase, resolve_dropout
 
 VARIANTS = ("block", "attention")
@@ -65,12 +65,5 @@ class MambaRec(MambaSequentialBase):
             x = layer(x)
         return x
 
-    # online state: O(1) per event (one step of each mixer); positions past
-    # MAX_ITEM_LIST_LENGTH reuse the last position embedding (ScaledPositionalEmbedding.step)
-    def encode_with_state(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
-        x = self.embed(self.item_embedding(item_seq))
-        return stack_with_state(self.layers, x, item_seq_len, self.padding_mask(item_seq))
-
-    def step_encode(self, item_ids: torch.Tensor, count: torch.Tensor, tensors) -> torch.Tensor:
-        x = self.embed.step(self.item_embedding(item_ids), count)
-        return stack_step(self.layers, x, tensors, count)
+    # online state (OnlineStateMixin's encode_with_state / step_encode over self.embed and
+    # self.layers): O(1) per event, one step of each mixer

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from recbole_mamba.layers import CausalSelfAttention, FeedForward
-from recbole_mamba.layers import ScaledPositionalEmbedding, stack_step, stack_with_state
+from recbole_mamba.layers import ScaledPositionalEmbedding
 from recbole_mamba.models.base import MambaSequentialBase, resolve_dropout
 
 
@@ -108,11 +108,5 @@ class MoEMaTrRec(MambaSequentialBase):
             x = layer(x, mask)
         return x
 
-    # online state: Mamba branch and gate O(1) per event, attention branch O(t) (key/value cache)
-    def encode_with_state(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
-        x = self.embed(self.item_embedding(item_seq))
-        return stack_with_state(self.layers, x, item_seq_len, self.padding_mask(item_seq))
-
-    def step_encode(self, item_ids: torch.Tensor, count: torch.Tensor, tensors) -> torch.Tensor:
-        x = self.embed.step(self.item_embedding(item_ids), count)
-        return stack_step(self.layers, x, tensors, count)
+    # online state (OnlineStateMixin's encode_with_state / step_encode over self.embed and
+    # self.layers): Mamba branch and gate O(1) per event, attention branch O(t) (key/value cache)

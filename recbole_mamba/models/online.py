@@ -3,13 +3,17 @@
 ``init_state`` builds it from a history with one full forward pass, ``update_state`` appends one
 event per user through every layer's ``step`` (:mod:`recbole_mamba.layers.state`), and
 ``score_state`` scores all items, equal to ``full_sort_predict`` after the same history. A model
-provides ``encode_with_state`` and ``step_encode``; everything else is here once.
+provides ``encode_with_state`` and ``step_encode``; everything else is here once. A model built
+as ``self.embed`` (a :class:`~recbole_mamba.layers.ScaledPositionalEmbedding` over the item
+embedding) followed by ``self.layers`` (stateful layers, :mod:`recbole_mamba.layers.state`), as
+MambaRec and MoEMaTrRec are, inherits both from here.
 """
 
 from __future__ import annotations
 
 import torch
 
+from recbole_mamba.layers import stack_step, stack_with_state
 from recbole_mamba.models.state import UserState
 
 
@@ -21,18 +25,26 @@ class OnlineStateMixin:
     INIT_STATE_POSITIONS = 32_768
     """init_state runs the full forward on about this many positions (users x L) at a time."""
 
-    # Subclasses implement encode_with_state and step_encode; the public API is below.
+    # encode_with_state and step_encode for an embed -> layers model (MambaRec, MoEMaTrRec); a
+    # model of another shape (MLSA4Rec) overrides both. The public API is below.
     def encode_with_state(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Like :meth:`encode`, plus every layer's state at each row's last real position:
         item_seq (batch, L), item_seq_len (batch,) -> (hidden (batch, L, D), {name: (batch, ...)})."""
-        raise TypeError(f"{type(self).__name__} does not support online state")
+        if not (hasattr(self, "embed") and hasattr(self, "layers")):
+            raise TypeError(f"{type(self).__name__} does not support online state")
+        x = self.embed(self.item_embedding(item_seq))
+        return stack_with_state(self.layers, x, item_seq_len, self.padding_mask(item_seq))
 
     def step_encode(self, item_ids: torch.Tensor, count: torch.Tensor,
                     tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """One new item per row at position ``count`` -> the output there (batch, D);
-        updates ``tensors`` in place."""
-        raise TypeError(f"{type(self).__name__} does not support online state")
+        updates ``tensors`` in place. Positions past MAX_ITEM_LIST_LENGTH reuse the last position
+        embedding (:meth:`ScaledPositionalEmbedding.step`)."""
+        if not (hasattr(self, "embed") and hasattr(self, "layers")):
+            raise TypeError(f"{type(self).__name__} does not support online state")
+        x = self.embed.step(self.item_embedding(item_ids), count)
+        return stack_step(self.layers, x, tensors, count)
 
     def _check_streaming(self) -> None:
         if self.training:

@@ -13,9 +13,8 @@ Shapes: q, key_x, value_x (batch, L, D); logit_k, logit_v (batch, L, P), ``-inf`
 are tested against :func:`causal_lsa_ref`, the formulas above literally), as one recurrence per row.
 
 Why our own kernel: in torch the causal pooling needs either (batch, L, P, D) prefix sums or,
-chunked, ~60 small batched products, divisions and casts per call; at L=200 (batch 32, P=20,
-H=8) the layer's fwd+bwd took 66 ms (27 ms with this kernel), a quarter of a MLSA4Rec training
-step, for ~0.2 GFLOP of work. And the torch forms shift all prefixes by one max (the sequence's), so prefixes far below
+chunked, ~60 small batched products, divisions and casts per call, for little arithmetic
+(figures in docs/backends.md). And the torch forms shift all prefixes by one max (the sequence's), so prefixes far below
 it need float64 (see ``layers.lsa.FLOAT32_SAFE_SPREAD``). Here each row runs the online softmax
 of :mod:`recbole_mamba.ops.causal_lsa_step` position by position: a running max per interest, with
 which every weight is <= 1 and every normaliser >= 1, so float32 is exact enough at any spread.

@@ -6,12 +6,11 @@
     out[i]  = x[i] * keep[i] / (1 - p)
 
 Why our own: torch's CPU dropout draws its mask through ``bernoulli_``, which fills it from one
-sequential Mersenne-Twister stream: ~6 ns per element on this project's 2-core CI machine, 2.5
-ms for one (32, 200, 64) activation, and the largest single cost after the matrix products in
-a MLSA4Rec training step at L=200 (seven dropouts). Here the mask bit of element i is a
+sequential Mersenne-Twister stream, so it cannot run in parallel or vectorised, and a
+training step holds several dropouts (seven in MLSA4Rec; figures in docs/backends.md). Here the mask bit of element i is a
 function of (seed, i) only (SplitMix64's finaliser of a Weyl sequence, as in counter-based
 generators like Philox), so every element is independent work: one numba pass, parallel and
-vectorised, ~0.3 ms for the same tensor. Backward recomputes the mask from the seed instead of
+vectorised. Backward recomputes the mask from the seed instead of
 keeping it (no (..., D) bool tensor per dropout saved for backward).
 
 The seed is drawn from torch's default CPU generator on every call, so ``torch.manual_seed``
