@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --retries 1 --timeout 20,)
 
-.PHONY: venv demo test bench-scan bench-prep ml-1m clean
+.PHONY: venv warm demo test bench-scan bench-prep ml-1m clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
-demo: venv
+# numba compiles the CPU kernels once per installation (minutes on 2 cores); this does it up front,
+# in parallel processes, into the on-disk cache every later run loads (seconds when already done).
+WARM_DTYPES ?= float32
+warm: venv
+	$(PY) -m recbole_mamba.warmup --dtypes $(WARM_DTYPES)
+
+demo: warm
 	$(PY) run_recbole.py --model=MLSA4Rec --dataset=ml-100k --config_files=properties/demo.yaml
 
-test: venv
+test: WARM_DTYPES = float32,float64
+test: warm
 	$(PY) -m pytest -q --durations=15 tests
 
 bench-scan: venv

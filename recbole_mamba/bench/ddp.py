@@ -74,7 +74,7 @@ def run_training(model: str, dataset: str, threads: int, nproc: int, epochs: int
     return epoch_times(output), wall
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m recbole_mamba.bench.ddp",
         description="Epoch time: one process x P threads against --nproc=P x 1 thread (gloo on CPU). "
@@ -90,14 +90,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, extra = _parser().parse_known_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     if args.procs < 2:
-        _parser().error(f"--procs must be >= 2 (got {args.procs}): it is the DDP run's process count")
+        parser.error(f"--procs must be >= 2 (got {args.procs}): it is the DDP run's process count")
     if args.epochs < 2:
-        _parser().error(f"--epochs must be >= 2 (got {args.epochs}): the first epoch is left out")
+        parser.error(f"--epochs must be >= 2 (got {args.epochs}): the first epoch is left out")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
-        _parser().error("--models is empty")
+        parser.error("--models is empty")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     p = args.procs

@@ -3,8 +3,9 @@
 Why numba and not a C++ extension: numba compiles on first call from a wheel that pip installs
 everywhere (no compiler, no torch headers, no build step that can fail on a fresh machine), its
 ``parallel=True`` + ``prange`` spreads (batch row, channel group) work items over all cores, and
-``cache=True`` keeps the machine code on disk so the compile cost (a few seconds per dtype) is paid
-once per installation, not per run. A C++ extension through ``torch.utils.cpp_extension`` would
+``cache=True`` keeps the machine code on disk so the compile cost (tens of seconds per dtype for
+the parallel forward and backward) is paid once per installation, not per run
+(``python -m recbole_mamba.warmup`` pays it ahead). A C++ extension through ``torch.utils.cpp_extension`` would
 need a compiler at import time on every user's machine.
 
 Layout: the inner loops run over channels (d_inner, 128 for hidden 64), not over the state size
