@@ -117,10 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=len(tasks), desc="compiling CPU kernels", unit="group", file=sys.stderr) as bar:
             for done in futures.as_completed(running):
                 group, dtype = running[done]
-                seconds = done.result()
+                try:
+                    seconds = done.result()
+                except Exception as exc:  # a kernel that does not compile here: say which, and why
+                    print(f"recbole_mamba.warmup: kernel group {group} ({dtype}) failed: "
+                          f"{type(exc).__name__}: {exc}", file=sys.stderr)
+                    return 1
                 bar.write(f"  {group} ({dtype}): {seconds:.1f} s  [{GROUPS[group]}]")
                 bar.update()
-    print(f"CPU kernels ready in numba's cache ({len(tasks)} groups, {time.perf_counter() - start:.0f} s)")
+    groups_text = f"{len(tasks)} kernel group" + ("s" if len(tasks) != 1 else "")
+    print(f"CPU kernels ready in numba's cache ({groups_text}, {time.perf_counter() - start:.0f} s)")
     return 0
 
 
