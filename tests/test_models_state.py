@@ -40,7 +40,7 @@ CASES = [
     pytest.param(MambaRec, {"block_residual": True}, id="MambaRec-block-residual"),
     pytest.param(MoEMaTrRec, {"num_layers": 2}, id="MoEMaTrRec"),
     pytest.param(MLSA4Rec, {}, id="MLSA4Rec"),
-    pytest.param(MLSA4Rec, {"hidden_size": 48, "n_heads": 1, "init_style": "normal"}, id="MLSA4Rec-normal"),
+    pytest.param(MLSA4Rec, {"hidden_size": 48, "n_heads": 1, "init_style": "authors"}, id="MLSA4Rec-authors-init"),
 ]
 
 

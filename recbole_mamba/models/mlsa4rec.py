@@ -9,8 +9,9 @@
     H   = LN3(Dropout(GELU(W2 [H_a ; H_g])) + GELU(W3 x))
     H   = LN(Dropout(Mamba(H)) + H), num_layers times     # Mamba normalisation layers
 
-Faithful by default to the authors' weights init (Kaiming-uniform on every Linear and Embedding,
-Mamba's included, zero biases; ``init_style: authors``). ``lsa_causal: True`` (default) pools
+Weights: normal(0, initializer_range) outside Mamba by default (``init_style: normal``); the
+authors' init is ``init_style: authors`` (Kaiming-uniform on every Linear and Embedding, Mamba's
+included, zero biases). ``lsa_causal: True`` (default) pools
 positions <= t only; the authors' form is ``lsa_causal: False`` (their last position sees
 padding) with ``lsa_softmax_over: positions`` (their ``Softmax(dim=-2)``).
 """
