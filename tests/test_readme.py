@@ -33,7 +33,7 @@ PARSERS = {
     "dataset_prep.lfm1b": "dataset_prep.lfm1b", "dataset_prep.kuairand": "dataset_prep.kuairand",
     "recbole_mamba.recommend": "recbole_mamba.recommend", "recbole_mamba.compare": "recbole_mamba.compare",
     "recbole_mamba.bench": "recbole_mamba.bench.efficiency", "run_hyper.py": "recbole_mamba.hyper.runner",
-    "recbole_mamba.warmup": "recbole_mamba.warmup",
+    "recbole_mamba.warmup": "recbole_mamba.warmup", "recbole_mamba.bench.ddp": "recbole_mamba.bench.ddp",
 }
 
 
