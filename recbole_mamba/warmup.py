@@ -4,8 +4,8 @@ numba compiles each kernel of :mod:`recbole_mamba.ops` on its first call in an i
 keeps the machine code in its on-disk cache (``__pycache__`` beside the sources, or
 ``NUMBA_CACHE_DIR``); later processes load it in well under a second. The first compile is slow:
 the selective scan's parallel forward and backward and the causal low-rank attention's take
-about 1-3 minutes in all on a 2-core machine, paid silently by the first training run. This
-command pays it up front, the kernel groups compiled in parallel processes::
+about 100 s of CPU time in all per dtype on a 2-core machine, otherwise paid by the first
+training run. This command pays it up front, the kernel groups compiled in parallel processes::
 
     python -m recbole_mamba.warmup                       # float32: what training and inference use
     python -m recbole_mamba.warmup --dtypes float32,float64 --jobs 2   # float64 too (gradcheck, the tests)
