@@ -1,5 +1,6 @@
-"""Our changes to RecBole's full-ranking evaluation of sequential models: ranking over unseen items
-only (``eval_filter_seen``), and the top-k computed over chunks of the catalogue (``eval_item_chunk``).
+"""Our changes to RecBole's evaluation: for full ranking of sequential models, ranking over unseen
+items only (``eval_filter_seen``) and the top-k computed over chunks of the catalogue
+(``eval_item_chunk``); for sampled evaluation, the same negatives on every pass.
 
 **Unseen items only.** RecBole masks each user's training items out of the ranking for general
 (non-sequential) models, but not for sequential ones: there every item competes, including those
@@ -11,7 +12,7 @@ dataloader hands RecBole's trainer the ``history_index`` of every item in each e
 whole history (every interaction of the user before the row's target, not only the L-window the
 model reads), and the trainer sets those scores to ``-inf`` with its own code path. On data with
 repeat consumption this makes repeats unrecommendable, as in the protocols above; the default,
-``False``, is RecBole's behaviour. Sampled (``uni100`` ...) evaluation is unchanged.
+``False``, is RecBole's behaviour. Sampled (``uni100`` ...) evaluation has no such filter.
 
 **Bounded memory.** RecBole's trainer builds a ``(users, items)`` score matrix per evaluation
 batch, and its collector an integer matrix of the same shape: 80 GB each for 4,096 users over 5M
@@ -23,6 +24,15 @@ items are computed ``eval_item_chunk`` items at a time
 :class:`TopKScores`, never a matrix larger than ``(users, chunk)``. ``eval_item_chunk`` unset
 (the default) chunks only when a batch's matrix would exceed 2**25 scores (128 MiB); below that,
 RecBole's dense path runs unchanged. The metrics are RecBole's (equal to its dense path, tested).
+
+**Sampled evaluation with the same negatives every pass.** RecBole's ``NegSampleEvalDataLoader``
+(``uni100``, ``pop100``, ...) draws each batch's negatives from NumPy's global random state as
+it iterates, so they depend on what training consumed before, and under DDP on each rank's seed
+(``seed + local_rank``): two evaluations of one checkpoint, or a DDP run and one process, rank
+against different negatives. Here every pass over such a loader draws them from NumPy's state
+seeded with the config's ``seed`` and restores the previous state afterwards (training's random
+stream is untouched): every epoch's validation, every model of a comparison and every rank see
+the same candidates, and a DDP run's sampled metrics equal one process's (tested).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from recbole_mamba.data.lazy_dataset import window_items
@@ -138,10 +149,22 @@ def _eval_batch_collect(self: Any, scores_tensor: Any, interaction: Any, positiv
         self.data_struct.update_tensor("rec.topk", torch.cat((pos_idx.int(), pos_len.int()), dim=1))
 
 
+# ----------------------------------------------------------------------------- fixed negatives
+def _seeded_iter(self: Any):
+    """``NegSampleEvalDataLoader.__iter__``: the batches of one pass, their negatives drawn from
+    NumPy's global state seeded with ``config['seed']``; the caller's state is restored after."""
+    state = np.random.get_state()
+    np.random.seed(int(self.config["seed"]) % 2**32)
+    try:
+        yield from _ORIGINAL["neg_eval_iter"](self)
+    finally:
+        np.random.set_state(state)
+
+
 def install() -> None:
-    """Patch RecBole's ``FullSortEvalDataLoader.collate_fn``, ``Trainer._full_sort_batch_eval`` and
-    ``Collector.eval_batch_collect`` (idempotent)."""
-    from recbole.data.dataloader.general_dataloader import FullSortEvalDataLoader
+    """Patch RecBole's ``FullSortEvalDataLoader.collate_fn``, ``Trainer._full_sort_batch_eval``,
+    ``Collector.eval_batch_collect`` and ``NegSampleEvalDataLoader.__iter__`` (idempotent)."""
+    from recbole.data.dataloader.general_dataloader import FullSortEvalDataLoader, NegSampleEvalDataLoader
     from recbole.evaluator.collector import Collector
     from recbole.trainer.trainer import Trainer
 
@@ -150,12 +173,15 @@ def install() -> None:
     _ORIGINAL["collate_fn"] = FullSortEvalDataLoader.collate_fn
     _ORIGINAL["_full_sort_batch_eval"] = Trainer._full_sort_batch_eval
     _ORIGINAL["eval_batch_collect"] = Collector.eval_batch_collect
+    _ORIGINAL["neg_eval_iter"] = NegSampleEvalDataLoader.__iter__
     # RecBole pickles dataloaders (save_dataloaders) with their bound collate_fn, found again by
     # name on load: keep RecBole's name and qualified name
     functools.update_wrapper(_collate_fn, _ORIGINAL["collate_fn"])
     FullSortEvalDataLoader.collate_fn = _collate_fn
     Trainer._full_sort_batch_eval = _full_sort_batch_eval
     Collector.eval_batch_collect = _eval_batch_collect
+    functools.update_wrapper(_seeded_iter, _ORIGINAL["neg_eval_iter"])
+    NegSampleEvalDataLoader.__iter__ = _seeded_iter
 
 
 __all__ = ["install", "seen_items", "dot_product_vectors", "TopKScores"]

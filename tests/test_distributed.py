@@ -64,6 +64,21 @@ def test_two_process_gloo_training_saves_one_loadable_checkpoint(tmp_path, model
     assert sum("epoch 0 training" in p.read_text() for p in logs) == 1
 
 
+def test_sampled_uni100_metrics_under_ddp_equal_one_process(tmp_path):
+    """uni100 under --nproc=2: every rank ranks every user against the same negatives (each pass
+    seeded with config['seed']), so the DDP run's test metrics equal one process evaluating its
+    checkpoint, for 449 users (odd)."""
+    uni100 = "--eval_args={'split': {'LS': 'valid_and_test'}, 'order': 'TO', 'group_by': 'user', 'mode': 'uni100'}"
+    proc = _run(tmp_path, "--model=MambaRec", *SMALL, "--d_state=8", "--train_mode=all_positions", uni100,
+                "--user_inter_num_interval=[20,60]", "--metric_decimal_place=8", f"--port={unused_port()}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ckpt,) = (tmp_path / "saved").glob("MambaRec-*.pth")
+    assert load_recbole_checkpoint(ckpt)["config"]["eval_args"]["mode"] == {"valid": "uni100", "test": "uni100"}
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert _evaluate_in_one_process(tmp_path, ckpt) == pytest.approx(result["test_result"], abs=1e-6)
+    assert 0 < result["test_result"]["ndcg@10"] <= result["test_result"]["hit@10"] < 1
+
+
 def test_two_simulated_nodes_form_world_size_four_with_exact_metrics(tmp_path):
     """Two ``run_recbole.py --nproc=2`` on 127.0.0.1 with RecBole's --world_size 4 and
     --group_offset 0 / 2 (two nodes of two processes): one group, one checkpoint, and test metrics

@@ -95,3 +95,26 @@ def test_trainer_metrics_equal_a_hand_computation(in_tmp):
 def test_eval_filter_seen_must_be_boolean(in_tmp):
     with pytest.raises(ConfigError, match="eval_filter_seen must be True or False"):
         Config(model="MambaRec", dataset="ml-100k", config_dict=tiny_config(in_tmp, eval_filter_seen="yes"))
+
+
+def test_sampled_evaluation_draws_the_same_negatives_every_pass(in_tmp):
+    """uni100: two evaluations of one model give the same metrics whatever NumPy's global state
+    was before (each pass seeds it with config['seed']), and that state is restored after."""
+    cfg = tiny_config(in_tmp, eval_args={"split": {"LS": "valid_and_test"}, "order": "TO",
+                                         "group_by": "user", "mode": "uni100"}, metric_decimal_place=8)
+    config = Config(model="MambaRec", dataset="ml-100k", config_dict=cfg)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    assert type(test).__name__ == "NegSampleEvalDataLoader"
+    model = get_model(config["model"])(config, train._dataset).to(config["device"]).eval()
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    runs = []
+    for before in (1, 2):
+        np.random.seed(before)  # a different global state before each pass
+        state = np.random.get_state()
+        runs.append(trainer.evaluate(test, load_best_model=False, show_progress=False))
+        after = np.random.get_state()
+        assert after[1].tolist() == state[1].tolist() and after[2] == state[2]
+    assert runs[0] == runs[1]
+    assert 0 < runs[0]["ndcg@10"] <= runs[0]["hit@10"] < 1
