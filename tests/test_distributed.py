@@ -116,3 +116,28 @@ def test_busy_port_is_one_line(tmp_path):
     assert proc.returncode != 0
     assert f"--port {port}: the port on 127.0.0.1 is in use" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("run_recbole.py: a process of --nproc=2 failed")
+
+
+def test_a_killed_single_process_run_resumes_under_ddp(tmp_path):
+    """A one-process run killed after its first evaluated epoch continues under ``--nproc=2``
+    from its resume state: at the next epoch, into the same checkpoint, which then holds the
+    later epoch's model and loads in one process."""
+    from test_checkpoints import FLAGS, _run as run_or_kill
+
+    flags = [f for f in FLAGS if not f.startswith("--epochs")] + ["--epochs=2", "--results=r.json"]
+    # fsync 5 is inside epoch 1's first checkpoint write (epoch 0: model and resume state, 2 each)
+    dead = run_or_kill(tmp_path, *flags, kill_at=5)
+    assert dead.returncode != 0
+    saved = tmp_path / "saved"
+    (best,) = saved.glob("MambaRec-*.pth")
+    assert load_recbole_checkpoint(best)["epoch"] == 0
+    resumed = _run(tmp_path, *flags, "--resume", "--nproc=2", f"--port={unused_port()}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "training continues at epoch 1" in resumed.stderr
+    assert "epoch 0 training" not in resumed.stderr and "epoch 1 training" in resumed.stderr
+    assert [p.name for p in saved.iterdir()] == [best.name]  # no resume state, no temporaries left
+    state = load_recbole_checkpoint(best)
+    assert state["config"]["world_size"] == 2 and not any(k.startswith("module.") for k in state["state_dict"])
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert Path(result["checkpoint"]).name == best.name
+    assert _evaluate_in_one_process(tmp_path, best) == pytest.approx(result["test_result"], abs=1e-4)
