@@ -1,6 +1,6 @@
 """RecBole's distributed training on CPU (gloo): ``run_recbole.py --nproc=2`` for our model in
-all-position mode and for RecBole's SASRec; the checkpoint loads in one process; a busy port is
-one line."""
+all-position mode and for RecBole's SASRec; the checkpoint loads in one process; a killed
+one-process run resumes under DDP; a busy port and a node that never joins are one line each."""
 
 from __future__ import annotations
 
@@ -117,6 +117,17 @@ def test_busy_port_is_one_line(tmp_path):
     assert f"--port {port}: the port on 127.0.0.1 is in use" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("run_recbole.py: a process of --nproc=2 failed")
 
+
+def test_a_node_that_never_joins_is_a_timeout_in_one_line(tmp_path):
+    """One node of a world of 4 started alone: the group does not form within --dist_timeout."""
+    port = unused_port()
+    proc = _run(tmp_path, "--model=SASRec", *SMALL, f"--port={port}", "--ip=127.0.0.1", "--world_size=4",
+                "--group_offset=0", "--dist_timeout=10")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("run_recbole.py: a process of --nproc=2 failed")
+    assert f"127.0.0.1:{port} did not form within 10 s" in last and "world_size 4" in last
+    assert not list(tmp_path.glob("saved/*.pth"))
 
 def test_a_killed_single_process_run_resumes_under_ddp(tmp_path):
     """A one-process run killed after its first evaluated epoch continues under ``--nproc=2``
