@@ -1,9 +1,11 @@
 """What our command-line tools share: RecBole-style ``--key=value`` config flags, running
-RecBole away from our own flags, and a data path that holds in any working directory."""
+RecBole away from our own flags, a data path that holds in any working directory, and the
+choice of a checkpoint and a device."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import sys
 from collections.abc import Iterator
@@ -11,6 +13,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
+
+
+class UsageError(ValueError):
+    """A problem with what the user gave a tool (a path, a device, a flag): the tool prints the
+    message and exits with status 2."""
 
 
 @contextlib.contextmanager
@@ -74,3 +81,38 @@ def resolve_dataset(model: str, dataset: str, config_files: list[str], config: d
     ensure_dataset(dataset, resolved["data_path"], resolved["dataset_url"])  # DatasetUnavailable: a ValueError
     data_path = None if dataset == "ml-100k" else str(Path(resolved["data_path"]).resolve().parent)
     return ResolvedDataset(data_path, str(resolved["valid_metric"]).lower(), resolved["eval_step"])
+
+
+def pick_checkpoint(given: list[str] | str, tool: str) -> str:
+    """The checkpoint among ``given``: one path, a glob pattern (quoted, or expanded by the shell
+    into several paths): the newest ``.pth`` that matches (named on stderr, after ``tool:``, when
+    there were several). ``.resume`` files are never picked."""
+    given = [given] if isinstance(given, str) else list(given)
+    found: list[str] = []
+    for item in given:
+        found += sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+    found = [f for f in dict.fromkeys(found) if not f.endswith(".resume")]
+    if not found:
+        raise UsageError(f"--checkpoint {' '.join(given)}: no file matches; train with run_recbole.py first")
+    if len(found) == 1:
+        return found[0]
+    missing = [f for f in found if not os.path.isfile(f)]
+    if missing:
+        raise UsageError(f"--checkpoint: {missing[0]} does not exist")
+    newest = max(found, key=os.path.getmtime)
+    print(f"{tool}: {len(found)} checkpoints given, using the newest: {newest}", file=sys.stderr)
+    return newest
+
+
+def check_device(device: str) -> None:
+    """A torch device this machine has, else a :class:`UsageError` that says what it has."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:0, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")

@@ -190,17 +190,26 @@ class _TorchForRecBoleTrainer(ModuleStandIn):
         return load_recbole_checkpoint(f, map_location=map_location)
 
 
-def _load_data_and_model(model_file: str) -> tuple:
+def _load_data_and_model(model_file: str, config_overrides: dict | None = None) -> tuple:
     """``recbole.quick_start.load_data_and_model`` with the safe checkpoint loader.
 
     Same steps and return value as RecBole 1.2.1's function, plus the NumPy aliases that
-    building a ``Config`` would have set.
+    building a ``Config`` would have set. ``config_overrides`` (ours; keyword, default none)
+    replaces config values before the data set is built, and is checked as a config is; a
+    ``device`` among them is also where the weights are loaded.
     """
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, init_logger, init_seed
 
-    checkpoint = load_recbole_checkpoint(model_file)
+    from recbole_mamba.config_check import check_values
+
+    overrides = dict(config_overrides or {})
+    checkpoint = load_recbole_checkpoint(model_file, map_location=overrides.get("device"))
     config = checkpoint["config"]
+    for key, value in overrides.items():
+        config[key] = value
+    if overrides:
+        check_values(config)
     # The config is unpickled, not built, so RecBole's own NumPy aliases (np.float, np.int, ...;
     # ``Config.compatibility_settings``, run by every ``Config(...)``) were never set in a fresh
     # process, and its NDCG metric (``np.float``) crashed the first evaluation after loading.

@@ -28,6 +28,7 @@ import torch
 
 import recbole_mamba  # noqa: F401  (compat fixes, model registration)
 from dataset_prep.common import atomic_outputs
+from recbole_mamba.cli import UsageError, check_device, pick_checkpoint
 from recbole_mamba.compat import load_recbole_checkpoint
 from recbole_mamba.data_check import missing_dataset_message
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = ["user_id", "step", "event_item_id", "rank", "item_id", "score"]
 
 
-class RecommendError(ValueError):
+class RecommendError(UsageError):
     """A problem with the user's input (unknown id, malformed events file, bad checkpoint)."""
 
 
@@ -278,40 +279,6 @@ def _write_rows(rows: list[list], out: str | None) -> None:
             writer.writerows(rows)
 
 
-def pick_checkpoint(given: list[str] | str) -> str:
-    """The checkpoint among ``given``: one path, a glob pattern (quoted, or expanded by the shell
-    into several paths): the newest ``.pth`` that matches (named on stderr when there were several)."""
-    import glob
-
-    given = [given] if isinstance(given, str) else list(given)
-    found: list[str] = []
-    for item in given:
-        found += sorted(glob.glob(item)) if glob.has_magic(item) else [item]
-    found = [f for f in dict.fromkeys(found) if not f.endswith(".resume")]
-    if not found:
-        raise RecommendError(f"--checkpoint {' '.join(given)}: no file matches; train with run_recbole.py first")
-    if len(found) == 1:
-        return found[0]
-    missing = [f for f in found if not os.path.isfile(f)]
-    if missing:
-        raise RecommendError(f"--checkpoint: {missing[0]} does not exist")
-    newest = max(found, key=os.path.getmtime)
-    print(f"recommend: {len(found)} checkpoints given, using the newest: {newest}", file=sys.stderr)
-    return newest
-
-
-def _check_device(device: str) -> None:
-    """A torch device this machine has, else a RecommendError that says what it has."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise RecommendError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:0, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RecommendError(f"--device {device}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise RecommendError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-
-
 def _check_writable(out: Path) -> None:
     """``--out``'s folder exists and is writable (checked before any work)."""
     folder = out.parent if str(out.parent) else Path(".")
@@ -327,14 +294,14 @@ def run(args: argparse.Namespace) -> tuple[list[list], SkipCounter]:
     """Everything ``main`` does, returning the output rows and the skip summary."""
     if args.topk < 1:
         raise RecommendError(f"--topk must be at least 1, got {args.topk}")
-    _check_device(args.device)
+    check_device(args.device)
     if args.out:
         _check_writable(Path(args.out))
     user_tokens = [u.strip() for u in args.users.split(",") if u.strip()] if args.users else []
     events = read_events(args.events) if args.events else []
     if not user_tokens and not events:
         raise RecommendError("nothing to do: give --users and/or --events")
-    _, model, dataset = load_model(pick_checkpoint(args.checkpoint), args.device)
+    _, model, dataset = load_model(pick_checkpoint(args.checkpoint, "recommend"), args.device)
     rec = Recommender(model, dataset, exclude_history=args.exclude_history)
     skipped = SkipCounter()
 
@@ -408,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         rows, skipped = run(args)
-    except RecommendError as exc:
+    except UsageError as exc:
         print(f"recommend: error: {exc}", file=sys.stderr)
         return 2
     _write_rows(rows, args.out)

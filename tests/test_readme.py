@@ -34,6 +34,7 @@ PARSERS = {
     "recbole_mamba.recommend": "recbole_mamba.recommend", "recbole_mamba.compare": "recbole_mamba.compare",
     "recbole_mamba.bench": "recbole_mamba.bench.efficiency", "run_hyper.py": "recbole_mamba.hyper.runner",
     "recbole_mamba.warmup": "recbole_mamba.warmup", "recbole_mamba.bench.ddp": "recbole_mamba.bench.ddp",
+    "recbole_mamba.evaluate": "recbole_mamba.evaluate",
 }
 
 
@@ -67,7 +68,7 @@ def test_readme_command_parses(command, in_tmp, monkeypatch):
         return
     module, args = (words[2], words[3:]) if words[1] == "-m" else (words[1], words[2:])
     parser = importlib.import_module(PARSERS[module]).build_parser()
-    if module == "recbole_mamba.compare":  # RecBole --key=value flags pass through
+    if module in ("recbole_mamba.compare", "recbole_mamba.evaluate"):  # RecBole --key=value flags pass through
         _, extra = parser.parse_known_args(args)
         assert all(e.startswith("--") and "=" in e for e in extra), extra
     else:
