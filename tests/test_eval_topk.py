@@ -25,7 +25,9 @@ def test_chunked_topk_equals_dense_topk(chunk):
     want_v, want_i = dense.topk(10, dim=1)
     got_v, got_i = chunked_topk(query, items, 10, chunk, exclude=(rows, ids), exclude_items=torch.tensor([0]))
     assert torch.equal(got_i, want_i)
-    assert torch.equal(got_v, want_v)
+    # a chunk's product may take another BLAS kernel (gemv for one column, a different blocking on
+    # another CPU) than the whole matrix, so the scores agree to float64 rounding, not bit for bit
+    torch.testing.assert_close(got_v, want_v, rtol=1e-13, atol=1e-13)
     assert not torch.isin(got_i, torch.tensor([0])).any()
 
 
