@@ -171,12 +171,14 @@ def test_dispatch_rules():
                                selective_scan_fn(**x, backend="cpu"), atol=1e-5, rtol=1e-5)
 
 
-def test_scan_benchmark_runs_and_reports(capsys):
+@pytest.mark.parametrize("layout", ["layer", "contiguous"])
+def test_scan_benchmark_runs_and_reports(capsys, layout):
     from recbole_mamba.bench.scan import main
 
     main(["--lengths", "20,40", "--batch", "2", "--dim", "4", "--state", "4", "--repeats", "1",
-          "--skip-reference-above", "20"])
+          "--skip-reference-above", "20", "--layout", layout])
     out = capsys.readouterr().out.splitlines()
+    assert f"layout {layout}" in out[0]
     row20 = next(line for line in out if line.split()[0] == "20")
     row40 = next(line for line in out if line.split()[0] == "40")
     assert row20.split()[3].endswith("x") and float(row20.split()[-1]) < 1e-4
@@ -217,20 +219,23 @@ def test_vectorised_softplus_sigmoid_and_exp_are_float32_exact():
     import numpy as np
     from numba import njit
 
-    from recbole_mamba.ops.cpu_common import exp_row
+    from recbole_mamba.ops.cpu_common import exp32, exp_row
     from recbole_mamba.ops.selective_scan_cpu import _softplus_sigmoid_row
 
     @njit
     def run(raw):
         n = raw.shape[0]
         out, sig, tmp, ex = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
+        ex32 = np.empty(n, np.float32)
         ibuf = np.empty(n, np.int32)
-        _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, True, True)
+        _softplus_sigmoid_row(raw, out, sig, tmp, True, True)
         exp_row(np.float32(1.0), raw, ex, ibuf, ibuf.view(np.float32), True)
-        return out, sig, ex
+        for i in range(n):
+            ex32[i] = exp32(raw[i], raw)
+        return out, sig, ex, ex32
 
     raw = np.concatenate([np.linspace(-100, 100, 400_001), [0.0, -0.0, 20.0, 88.0, -87.0]]).astype(np.float32)
-    out, sig, ex = run(raw)
+    out, sig, ex, ex32 = run(raw)
     x = torch.from_numpy(raw).double()
     for got, want in ((out, torch.nn.functional.softplus(x)), (sig, torch.sigmoid(x))):
         want = want.numpy()
@@ -239,5 +244,6 @@ def test_vectorised_softplus_sigmoid_and_exp_are_float32_exact():
     inside = (raw >= -87) & (raw <= 88)
     want = torch.exp(x).numpy()[inside]
     assert np.max(np.abs(ex[inside] - want) / want) < 3e-7
-    out, sig, ex = run(np.array([np.nan], np.float32))
-    assert np.isnan(out[0]) and np.isnan(sig[0]) and np.isnan(ex[0])
+    np.testing.assert_array_equal(ex32, ex)  # the same polynomial and 2**k, bit for bit
+    out, sig, ex, ex32 = run(np.array([np.nan], np.float32))
+    assert np.isnan(out[0]) and np.isnan(sig[0]) and np.isnan(ex[0]) and np.isnan(ex32[0])

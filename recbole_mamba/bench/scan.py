@@ -2,6 +2,7 @@
 
     python -m recbole_mamba.bench.scan [--lengths 200,1000,2000] [--batch 64] [--dim 128]
                                        [--state 16] [--repeats 3] [--skip-reference-above 2000]
+                                       [--layout layer|contiguous]
     python -m recbole_mamba.bench.scan --device cuda   # Triton vs mamba-ssm vs reference on a GPU,
                                                        # then a MambaRec training step per backend
 
@@ -10,6 +11,11 @@ second, peak memory of one forward+backward of each and their ratio, and the max
 outputs and gradients (gradients relative to their largest value). The reference stores every
 step for autograd and takes minutes at long L; ``--skip-reference-above`` leaves it out there
 (and says so) to keep the run short.
+
+``--layout layer`` (the default) hands the op u, delta, z and the output gradient as the Mamba
+layer does on CPU: (B, D, L) transposed views of contiguous (B, L, D) tensors, which the kernels
+read in place. ``--layout contiguous`` gives contiguous (B, D, L) tensors, mamba-ssm's layout,
+which the CPU op copies to channels-last first (forward and backward).
 
 Peak memory is measured in a fresh child process per (op, L): inputs are created, the kernel
 is compiled on a tiny input, the kernel's high-water mark of resident memory (``VmHWM``) is
@@ -33,53 +39,74 @@ from recbole_mamba.bench.proc import child_env, status_bytes
 from recbole_mamba.ops import selective_scan_cpu, selective_scan_ref
 
 
-def _inputs(batch: int, dim: int, state: int, length: int, seed: int = 0) -> list[torch.Tensor]:
+def _seq(g: torch.Generator, batch: int, dim: int, length: int, layout: str) -> torch.Tensor:
+    """A (batch, dim, L) standard-normal tensor in ``layout`` (see the module docstring)."""
+    if layout == "layer":
+        return torch.randn(batch, length, dim, generator=g).transpose(1, 2)
+    return torch.randn(batch, dim, length, generator=g)
+
+
+def _inputs(batch: int, dim: int, state: int, length: int, seed: int = 0,
+            layout: str = "contiguous") -> list[torch.Tensor]:
+    """u, delta, A, B, C, D, z, delta_bias for one scan; u, delta, z in ``layout``."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     return [
-        r(batch, dim, length), 0.5 * r(batch, dim, length),
+        _seq(g, batch, dim, length, layout), 0.5 * _seq(g, batch, dim, length, layout),
         -torch.rand(dim, state, generator=g) * 2 - 0.1, r(batch, state, length),
-        r(batch, state, length), r(dim), r(batch, dim, length), 0.3 * r(dim),
+        r(batch, state, length), r(dim), _seq(g, batch, dim, length, layout), 0.3 * r(dim),
     ]
 
 
-def _run(fn, base: list[torch.Tensor], grad_out: torch.Tensor):
-    args = [t.clone().requires_grad_() for t in base]
+def _leaves(base: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Fresh leaf copies of the inputs (same strides), which collect their gradients."""
+    return [t.clone().requires_grad_() for t in base]
+
+
+def _run(fn, base: list[torch.Tensor], grad_out: torch.Tensor, args=None):
+    """One forward and backward of ``fn``; returns (out, input gradients)."""
+    args = _leaves(base) if args is None else args
     out = fn(*args, delta_softplus=True)
-    (out * grad_out).sum().backward()
+    out.backward(grad_out)
     return out.detach(), [a.grad for a in args]
 
 
 def _time(fn, base, grad_out, repeats: int):
-    """Best forward+backward time over ``repeats`` runs, and the last run's (out, grads)."""
+    """Best forward+backward time over ``repeats`` runs (the op alone: the inputs' copies are
+    made before the clock starts), and the last run's (out, grads)."""
     best = float("inf")
     for _ in range(repeats):
+        args = _leaves(base)
         t0 = time.perf_counter()
-        result = _run(fn, base, grad_out)
+        result = _run(fn, base, grad_out, args)
         best = min(best, time.perf_counter() - t0)
     return best, result
 
 
-def _measure_memory_child(op: str, batch: int, dim: int, state: int, length: int) -> None:
+def _measure_memory_child(op: str, batch: int, dim: int, state: int, length: int,
+                          layout: str) -> None:
     """Child process: print the peak extra resident bytes of one forward+backward of ``op``."""
     fn = selective_scan_cpu if op == "ours" else selective_scan_ref
     _run(fn, _inputs(2, 4, state, 70), torch.ones(2, 4, 70))  # compile / warm up, tiny
-    base = _inputs(batch, dim, state, length)
-    grad_out = torch.randn(batch, dim, length)
+    base = _inputs(batch, dim, state, length, layout=layout)
+    grad_out = _seq(torch.Generator().manual_seed(1), batch, dim, length, layout)
+    args = _leaves(base)  # the inputs exist before the op: not counted
     before = status_bytes("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current resident size
-    _run(fn, base, grad_out)
+    _run(fn, base, grad_out, args)
     print(json.dumps({"peak_extra_bytes": status_bytes("VmHWM") - before}))
 
 
-def peak_memory(op: str, batch: int, dim: int, state: int, length: int) -> int | None:
+def peak_memory(op: str, batch: int, dim: int, state: int, length: int,
+                layout: str = "contiguous") -> int | None:
     """Peak extra resident bytes of one forward+backward of ``op`` ("ours" | "reference"),
     measured in a fresh process; ``None`` where /proc cannot be used (not Linux)."""
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     cmd = [sys.executable, "-m", "recbole_mamba.bench.scan", "--memory-child", op,
-           "--batch", str(batch), "--dim", str(dim), "--state", str(state), "--lengths", str(length)]
+           "--batch", str(batch), "--dim", str(dim), "--state", str(state), "--lengths", str(length),
+           "--layout", layout]
     run = subprocess.run(cmd, capture_output=True, text=True, check=True, env=child_env())
     return json.loads(run.stdout.strip().splitlines()[-1])["peak_extra_bytes"]
 
@@ -93,9 +120,10 @@ def _cuda_time(fn, base, grad_out, repeats: int) -> tuple[float, tuple]:
     result = _run(fn, base, grad_out)  # warm-up: Triton compiles on its first call
     best = float("inf")
     for _ in range(repeats):
+        args = _leaves(base)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        result = _run(fn, base, grad_out)
+        result = _run(fn, base, grad_out, args)
         torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best, result
@@ -190,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-reference-above", type=int, default=100000,
                    help="do not run the slow reference for L above this")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--layout", choices=("layer", "contiguous"), default="layer",
+                   help="cpu: u, delta, z as the Mamba layer passes them (transposed views of "
+                        "(B, L, D) tensors) or contiguous (B, D, L) (mamba-ssm's layout, copied first)")
     p.add_argument("--memory-child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.lengths is None:
@@ -198,11 +229,12 @@ def main(argv: list[str] | None = None) -> None:
         cuda_main(args)
         return
     if args.memory_child:
-        _measure_memory_child(args.memory_child, args.batch, args.dim, args.state, int(args.lengths))
+        _measure_memory_child(args.memory_child, args.batch, args.dim, args.state, int(args.lengths),
+                              args.layout)
         return
     torch.manual_seed(0)
     print(f"B={args.batch} D={args.dim} N={args.state} threads={torch.get_num_threads()}, "
-          "forward+backward, float32")
+          f"forward+backward, float32, layout {args.layout}")
     header = (f"{'L':>6} {'ours s':>8} {'ref s':>8} {'speedup':>8} {'ours elem/s':>12} "
               f"{'ours MiB':>9} {'ref MiB':>9} {'mem ratio':>9} {'max|diff|':>10}")
     print(header)
@@ -210,13 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     warm = _inputs(2, 4, args.state, 70)
     _run(selective_scan_cpu, warm, torch.ones(2, 4, 70))
     for length in (int(x) for x in args.lengths.split(",")):
-        base = _inputs(args.batch, args.dim, args.state, length)
-        grad_out = torch.randn(args.batch, args.dim, length)
+        base = _inputs(args.batch, args.dim, args.state, length, layout=args.layout)
+        grad_out = _seq(torch.Generator().manual_seed(1), args.batch, args.dim, length, args.layout)
         ours_t, (out_a, grads_a) = _time(selective_scan_cpu, base, grad_out, args.repeats)
         elems = args.batch * length * args.dim * args.state
         run_ref = length <= args.skip_reference_above
         mem = lambda op: None if args.no_memory else peak_memory(  # noqa: E731
-            op, args.batch, args.dim, args.state, length)
+            op, args.batch, args.dim, args.state, length, args.layout)
         ours_m = mem("ours")
         ref_m = mem("reference") if run_ref else None
         ratio = f"{ours_m / ref_m:.3f}" if ours_m is not None and ref_m else "-"

@@ -13,8 +13,9 @@ import math
 
 import numpy as np
 import torch
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 FASTMATH = {"contract", "arcp", "reassoc", "nsz", "afn"}
 """numba ``fastmath`` flags of every kernel: no ``nnan``/``ninf``, so a NaN propagates to the
@@ -67,6 +68,30 @@ def exp_parts(x, ref):  # pragma: no cover - compiled
             + like(8.3334519073e-3, ref)) * r + like(4.1665795894e-2, ref)) * r
           + like(1.6666665459e-1, ref)) * r + like(5.0000001201e-1, ref)) * r * r + r + like(1.0, ref)
     return p, (np.int32(kf) + 127) << 23
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the low 32 bits of the integer ``bits`` (an LLVM
+    ``trunc`` + ``bitcast``, which vectorise; numba has no scalar reinterpretation of its own,
+    only array views)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low = args[0] if bits.bitwidth == 32 else builder.trunc(args[0], ir.IntType(32))
+        return builder.bitcast(low, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def exp32(x, ref):  # pragma: no cover - compiled
+    """exp(x) for float32 ``x`` as plain arithmetic that LLVM vectorises inside the caller's loop
+    (``exp_parts`` times 2**k built by a bitcast), so a loop can use the value at once instead of
+    staging it through an int32 buffer. Only for float32 (``ref`` a float32 array)."""
+    p, bits = exp_parts(x, ref)
+    return p * _f32_from_bits(bits)
 
 
 @njit(inline="always", fastmath=FASTMATH)

@@ -15,7 +15,13 @@ long contiguous run over the channels (8 AVX-512 vectors at D=128), where the (b
 decomposition ran ~12 short loops over N per step whose set-up (trip counts, runtime alias
 checks, remainders) cost more than their work at N=16-32, and whose fused backward loop (four
 stores) LLVM left scalar. The sums over channels that dB and dC need become in-register
-reductions (figures in docs/backends.md).
+reductions (figures in docs/benchmarks.md).
+
+Two rules keep those loops vectorised without gathers: a row of a 3-d array is sliced first
+(``u[b, t, lo:lo + w]``) and indexed by the loop counter, since with ``u[b, t, lo + j]`` numba's
+wrap-around of a possibly negative index made each address data-dependent; and the float32 exp
+is :func:`~recbole_mamba.ops.cpu_common.exp32`, plain arithmetic that vectorises inside the
+loop using it, so decay, state update and output are one pass over the channels.
 
 Algorithm (per batch row b and channel group, in small thread-local buffers):
 
@@ -40,7 +46,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from recbole_mamba.ops.cpu_common import CPU_DTYPES, FASTMATH, as_numpy, exp_parts, exp_row, like
+from recbole_mamba.ops.cpu_common import CPU_DTYPES, FASTMATH, as_numpy, exp32, like
 from recbole_mamba.ops.profiling import profiled
 from recbole_mamba.ops.selective_scan_ref import check_scan_inputs
 
@@ -58,7 +64,7 @@ a gradient part this small is below 1e-30 of the loss's scale, in float64 too. L
 flush vectorised (a compare and a select)."""
 
 @njit(inline="always", fastmath=FASTMATH)
-def _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, fast, softplus):  # pragma: no cover - compiled
+def _softplus_sigmoid_row(raw, out, sig, tmp, fast, softplus):  # pragma: no cover - compiled
     """For every i: out[i] = softplus(raw[i]) (or raw[i] when not ``softplus``) and
     sig[i] = sigmoid(raw[i]) (d softplus / d raw; 1 when not ``softplus``).
 
@@ -83,8 +89,7 @@ def _softplus_sigmoid_row(raw, out, sig, tmp, ibuf, fast, softplus):  # pragma: 
             sig[i] = one / (one + math.exp(-r))
         return
     for i in range(n):
-        tmp[i] = -abs(raw[i])
-    exp_row(one, tmp, tmp, ibuf, ibuf.view(np.float32), fast)
+        tmp[i] = exp32(-abs(raw[i]), raw)
     two = like(2.0, raw)
     k3 = like(1.0 / 3.0, raw)
     k5 = like(1.0 / 5.0, raw)
@@ -113,28 +118,27 @@ def _channel_range(bg, ngroups, nd):  # pragma: no cover - compiled
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _step_gates(delta, z, b, t, lo, bvec, has_z, softplus, fast, dts, sig, zsig, raw, tmp, ibuf):  # pragma: no cover
+def _step_gates(delta, z, b, t, lo, bvec, has_z, softplus, fast, dts, sig, zsig, raw, tmp):  # pragma: no cover
     """Step t of row b for channels lo.. (vectors over the channels): dts = softplus(delta +
     bias), sig = its derivative, zsig = sigmoid(z)."""
     w = dts.shape[0]
+    drow = delta[b, t, lo:lo + w]
     for j in range(w):
-        raw[j] = delta[b, t, lo + j] + bvec[j]
-    _softplus_sigmoid_row(raw, dts, sig, tmp, ibuf, fast, softplus)
+        raw[j] = drow[j] + bvec[j]
+    _softplus_sigmoid_row(raw, dts, sig, tmp, fast, softplus)
     if has_z:
-        _softplus_sigmoid_row(z[b, t, lo:lo + w], tmp, zsig, raw, ibuf, fast, True)
+        _softplus_sigmoid_row(z[b, t, lo:lo + w], tmp, zsig, raw, fast, True)
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _decay(dts, a_row, out, ibuf, fview, fast):  # pragma: no cover - compiled
+def _decay(dts, a_row, out, fast):  # pragma: no cover - compiled
     """out[j] = exp(dts[j] * a_row[j]) over the channels."""
     if not fast:
         for j in range(out.shape[0]):
             out[j] = math.exp(dts[j] * a_row[j])
         return
     for j in range(out.shape[0]):
-        out[j], ibuf[j] = exp_parts(dts[j] * a_row[j], out)
-    for j in range(out.shape[0]):
-        out[j] *= fview[j]
+        out[j] = exp32(dts[j] * a_row[j], out)
 
 
 @njit(inline="always")
@@ -157,42 +161,53 @@ def _scan_fwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplu
         v = _vectors(w, 10, u.dtype)
         dts, sig, zsig, raw, tmp, da, dtu, y, dvec, bvec = (v[0], v[1], v[2], v[3], v[4], v[5],
                                                            v[6], v[7], v[8], v[9])
-        ibuf = np.empty(w, dtype=np.int32)
-        fview = ibuf.view(np.float32)
         zero = like(0.0, At)
+        d_lo = Dv[lo:lo + w]
+        bias_lo = bias[lo:lo + w]
         for j in range(w):
-            dvec[j] = Dv[lo + j] if has_d else zero
-            bvec[j] = bias[lo + j] if has_bias else zero
+            dvec[j] = d_lo[j] if has_d else zero
+            bvec[j] = bias_lo[j] if has_bias else zero
         for t in range(length):
             if t % chunk == 0:
                 ck = ckpt[b, t // chunk]
                 for n in range(nstate):
+                    ck_row = ck[n, lo:lo + w]
                     for j in range(w):
-                        ck[n, lo + j] = h[n, j]
+                        ck_row[j] = h[n, j]
             _step_gates(delta, z, b, t, lo, bvec, has_z, softplus, fast_exp, dts, sig, zsig, raw,
-                        tmp, ibuf)
+                        tmp)
+            u_t = u[b, t, lo:lo + w]
             for j in range(w):
-                ut = u[b, t, lo + j]
+                ut = u_t[j]
                 dtu[j] = dts[j] * ut
                 y[j] = dvec[j] * ut
             for n in range(nstate):
                 bn = Bt[b, t, n]
                 cn = Ct[b, t, n]
                 hrow = h[n]
-                _decay(dts, At[n, lo:lo + w], da, ibuf, fview, fast_exp)
-                for j in range(w):
-                    hrow[j] = da[j] * hrow[j] + dtu[j] * bn
-                for j in range(w):
-                    y[j] += hrow[j] * cn
+                a_row = At[n, lo:lo + w]
+                if fast_exp:  # one loop: the decay stays in registers
+                    for j in range(w):
+                        hj = exp32(dts[j] * a_row[j], hrow) * hrow[j] + dtu[j] * bn
+                        hrow[j] = hj
+                        y[j] += hj * cn
+                else:
+                    for j in range(w):
+                        hrow[j] = math.exp(dts[j] * a_row[j]) * hrow[j] + dtu[j] * bn
+                    for j in range(w):
+                        y[j] += hrow[j] * cn
+            out_t = out[b, t, lo:lo + w]
             if has_z:
+                z_t = z[b, t, lo:lo + w]
                 for j in range(w):
-                    out[b, t, lo + j] = y[j] * z[b, t, lo + j] * zsig[j]  # y * silu(z)
+                    out_t[j] = y[j] * z_t[j] * zsig[j]  # y * silu(z)
             else:
                 for j in range(w):
-                    out[b, t, lo + j] = y[j]
+                    out_t[j] = y[j]
         for n in range(nstate):
+            last_row = last[b, n, lo:lo + w]
             for j in range(w):
-                last[b, n, lo + j] = h[n, j]
+                last_row[j] = h[n, j]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -211,72 +226,88 @@ def _scan_bwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplu
         hs = np.empty((chunk + 1, nstate, w), dtype=u.dtype)   # states before/after each step
         das = np.empty((chunk, nstate, w), dtype=u.dtype)      # exp(dt * A) of each step
         gates = np.empty((3, chunk, w), dtype=u.dtype)         # dts, their sigmoid, sigmoid(z)
+        ys = np.empty((chunk, w), dtype=u.dtype)               # y of each step (before the z gate)
         g = np.zeros((nstate, w), dtype=u.dtype)               # dLoss/dh carried backwards
         dA_acc = np.zeros((nstate, w), dtype=u.dtype)
         dD_acc = np.zeros(w, dtype=np.float64)                 # summed over all L steps
         dbias_acc = np.zeros(w, dtype=np.float64)
-        v = _vectors(w, 10, u.dtype)
-        raw, tmp, dtu, dy, yv, sa, dub, gdh, dvec, bvec = (v[0], v[1], v[2], v[3], v[4], v[5],
-                                                           v[6], v[7], v[8], v[9])
-        ibuf = np.empty(w, dtype=np.int32)
-        fview = ibuf.view(np.float32)
+        v = _vectors(w, 8, u.dtype)
+        raw, tmp, dtu, dy, sa, dub, dvec, bvec = v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
         zero = like(0.0, At)
         one = like(1.0, At)
         tiny = like(TINY, At)
+        d_lo = Dv[lo:lo + w]
+        bias_lo = bias[lo:lo + w]
         for j in range(w):
-            dvec[j] = Dv[lo + j] if has_d else zero
-            bvec[j] = bias[lo + j] if has_bias else zero
+            dvec[j] = d_lo[j] if has_d else zero
+            bvec[j] = bias_lo[j] if has_bias else zero
         if has_dlast:
             for n in range(nstate):
+                dlast_row = dlast[b, n, lo:lo + w]
                 for j in range(w):
-                    g[n, j] = dlast[b, n, lo + j]
+                    g[n, j] = dlast_row[j]
         for c in range(nchunks - 1, -1, -1):
             t0 = c * chunk
             steps = min(length, t0 + chunk) - t0
             ck = ckpt[b, c]
             for n in range(nstate):
+                ck_row = ck[n, lo:lo + w]
                 for j in range(w):
-                    hs[0, n, j] = ck[n, lo + j]
+                    hs[0, n, j] = ck_row[j]
             # recompute the chunk's states from its checkpoint
             for i in range(steps):
                 t = t0 + i
                 dts = gates[0, i]
                 _step_gates(delta, z, b, t, lo, bvec, has_z, softplus, fast_exp, dts, gates[1, i],
-                            gates[2, i], raw, tmp, ibuf)
+                            gates[2, i], raw, tmp)
+                u_t = u[b, t, lo:lo + w]
+                y_i = ys[i]
                 for j in range(w):
-                    dtu[j] = dts[j] * u[b, t, lo + j]
+                    dtu[j] = dts[j] * u_t[j]
+                    y_i[j] = dvec[j] * u_t[j]
                 for n in range(nstate):
                     bn = Bt[b, t, n]
+                    cn = Ct[b, t, n]
                     da_n = das[i, n]
-                    _decay(dts, At[n, lo:lo + w], da_n, ibuf, fview, fast_exp)
                     h_prev = hs[i, n]
                     h_next = hs[i + 1, n]
-                    for j in range(w):
-                        h_next[j] = da_n[j] * h_prev[j] + dtu[j] * bn
+                    a_row = At[n, lo:lo + w]
+                    if fast_exp:  # one loop: decay, state and output (y is needed for dz)
+                        for j in range(w):
+                            d = exp32(dts[j] * a_row[j], da_n)
+                            da_n[j] = d
+                            hn = d * h_prev[j] + dtu[j] * bn
+                            h_next[j] = hn
+                            y_i[j] += hn * cn
+                    else:
+                        _decay(dts, a_row, da_n, fast_exp)
+                        for j in range(w):
+                            h_next[j] = da_n[j] * h_prev[j] + dtu[j] * bn
+                        for j in range(w):
+                            y_i[j] += h_next[j] * cn
             # reverse scan: g = dLoss/dh_t = g_{t+1} * dA_{t+1} + dy_t C_t
             for i in range(steps - 1, -1, -1):
                 t = t0 + i
                 dts = gates[0, i]
+                u_t = u[b, t, lo:lo + w]
+                dout_t = dout[b, t, lo:lo + w]
                 if has_z:
-                    for j in range(w):
-                        yv[j] = dvec[j] * u[b, t, lo + j]
-                    for n in range(nstate):
-                        cn = Ct[b, t, n]
-                        h_cur = hs[i + 1, n]
-                        for j in range(w):
-                            yv[j] += h_cur[j] * cn
+                    yv = ys[i]
                     zsig = gates[2, i]
+                    z_t = z[b, t, lo:lo + w]
+                    dz_t = dz[b, t, lo:lo + w]
                     for j in range(w):
-                        g_out = dout[b, t, lo + j]
-                        zt = z[b, t, lo + j]
+                        g_out = dout_t[j]
+                        zt = z_t[j]
                         sz = zsig[j]
-                        dz[b, t, lo + j] = g_out * yv[j] * sz * (one + zt * (one - sz))
-                        dy[j] = g_out * zt * sz
+                        dz_t[j] = g_out * yv[j] * sz * (one + zt * (one - sz))
+                    for j in range(w):
+                        dy[j] = dout_t[j] * z_t[j] * zsig[j]
                 else:
                     for j in range(w):
-                        dy[j] = dout[b, t, lo + j]
+                        dy[j] = dout_t[j]
                 for j in range(w):
-                    ut = u[b, t, lo + j]
+                    ut = u_t[j]
                     dD_acc[j] += dy[j] * ut
                     dtu[j] = dts[j] * ut
                     sa[j] = zero
@@ -288,41 +319,40 @@ def _scan_bwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplu
                     h_cur = hs[i + 1, n]
                     h_prev = hs[i, n]
                     da_n = das[i, n]
-                    for j in range(w):
-                        grow[j] += dy[j] * cn
-                    rc = zero
-                    rb = zero
-                    for j in range(w):  # reductions over the channels: no stores, vectorised
-                        rc += dy[j] * h_cur[j]
-                        rb += dtu[j] * grow[j]
-                    dC_part[grp, b, t, n] += rc
-                    dB_part[grp, b, t, n] += rb
-                    for j in range(w):
-                        gdh[j] = grow[j] * da_n[j] * h_prev[j]
                     a_row = At[n, lo:lo + w]
                     dA_row = dA_acc[n]
+                    rc = zero
+                    rb = zero
                     for j in range(w):
-                        dA_row[j] += dts[j] * gdh[j]
-                    for j in range(w):
-                        sa[j] += gdh[j] * a_row[j]
-                    for j in range(w):
-                        dub[j] += grow[j] * bn
-                    for j in range(w):  # flushed to 0 below TINY (see there)
-                        decayed = grow[j] * da_n[j]
-                        grow[j] = decayed if abs(decayed) >= tiny else zero
+                        gj = grow[j] + dy[j] * cn
+                        rc += dy[j] * h_cur[j]  # reductions over the channels, in registers
+                        rb += dtu[j] * gj
+                        decayed = gj * da_n[j]
+                        gdh_j = decayed * h_prev[j]
+                        dA_row[j] += dts[j] * gdh_j
+                        sa[j] += gdh_j * a_row[j]
+                        dub[j] += gj * bn
+                        grow[j] = decayed if abs(decayed) >= tiny else zero  # flushed below TINY
+                    dC_part[grp, b, t, n] += rc
+                    dB_part[grp, b, t, n] += rb
                 sig = gates[1, i]
+                ddelta_t = ddelta[b, t, lo:lo + w]
+                du_t = du[b, t, lo:lo + w]
                 for j in range(w):
-                    ut = u[b, t, lo + j]
-                    dr = (sa[j] + ut * dub[j]) * sig[j]
-                    ddelta[b, t, lo + j] = dr
-                    dbias_acc[j] += dr
-                    du[b, t, lo + j] = dy[j] * dvec[j] + dub[j] * dts[j]
+                    ddelta_t[j] = (sa[j] + u_t[j] * dub[j]) * sig[j]
+                for j in range(w):
+                    dbias_acc[j] += ddelta_t[j]
+                for j in range(w):
+                    du_t[j] = dy[j] * dvec[j] + dub[j] * dts[j]
         for n in range(nstate):
+            dA_row = dA_part[b, n, lo:lo + w]
             for j in range(w):
-                dA_part[b, n, lo + j] = dA_acc[n, j]
+                dA_row[j] = dA_acc[n, j]
+        dD_row = dD_part[b, lo:lo + w]
+        dbias_row = dbias_part[b, lo:lo + w]
         for j in range(w):
-            dD_part[b, lo + j] = dD_acc[j]
-            dbias_part[b, lo + j] = dbias_acc[j]
+            dD_row[j] = dD_acc[j]
+            dbias_row[j] = dbias_acc[j]
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -398,9 +428,10 @@ class SelectiveScanCPU(torch.autograd.Function):
         nstate = A.shape[1]
         dlast = rest[0] if rest else None
         ngroups = _ngroups(nb, nd)
-        du = torch.zeros((nb, length, nd), dtype=dtype)
-        ddelta = torch.zeros((nb, length, nd), dtype=dtype)
-        dz = torch.zeros((nb, length, nd), dtype=dtype) if z is not None else torch.zeros(1, 1, 1, dtype=dtype)
+        # every element of du, ddelta and dz is written by the kernel
+        du = torch.empty((nb, length, nd), dtype=dtype)
+        ddelta = torch.empty((nb, length, nd), dtype=dtype)
+        dz = torch.empty((nb, length, nd), dtype=dtype) if z is not None else torch.zeros(1, 1, 1, dtype=dtype)
         dA_part = torch.zeros((nb, nstate, nd), dtype=torch.float64)
         dD_part = torch.zeros((nb, nd), dtype=torch.float64)
         dbias_part = torch.zeros((nb, nd), dtype=torch.float64)
