@@ -51,9 +51,13 @@ def _apply(x, out, seed, threshold, scale):  # pragma: no cover - compiled
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo = blk * BLOCK
         hi = min(n, lo + BLOCK)
-        for i in range(lo, hi):
+        # the block sliced first and indexed by the counter: indexed x[i] with i from lo, numba's
+        # negative-index wrap-around makes each address data-dependent (gathers)
+        xb = x[lo:hi]
+        ob = out[lo:hi]
+        for k in range(hi - lo):
             # x * 0, not 0, where dropped: NaN and inf stay NaN, as with torch's x * mask
-            out[i] = x[i] * (scale if keep_hash(seed, i) >= threshold else zero)
+            ob[k] = xb[k] * (scale if keep_hash(seed, lo + k) >= threshold else zero)
 
 
 @njit(parallel=True, cache=True)
@@ -61,8 +65,9 @@ def _mask(n, seed, threshold, out):  # pragma: no cover - compiled
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo = blk * BLOCK
         hi = min(n, lo + BLOCK)
-        for i in range(lo, hi):
-            out[i] = keep_hash(seed, i) >= threshold
+        ob = out[lo:hi]
+        for k in range(hi - lo):
+            ob[k] = keep_hash(seed, lo + k) >= threshold
 
 
 def threshold(p: float) -> np.uint64:
