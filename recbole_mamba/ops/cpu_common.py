@@ -24,9 +24,10 @@ output (and to the model's NaN-loss check) instead of being optimised away."""
 CPU_DTYPES = (torch.float32, torch.float64)
 """The dtypes every fused CPU kernel takes (float32 for training, float64 for gradcheck)."""
 
-# The loops over the channels are written as separate simple loops over contiguous rows (exp,
-# update, reduction), each with one store, so that LLVM vectorises each of them; a fused loop
-# with several stores needs more runtime alias checks than LLVM allows and stays scalar.
+# The loops over the channels run over contiguous rows sliced before the loop and indexed by
+# the loop counter, with few stores each, so that LLVM vectorises them: a row indexed as
+# ``x[b, t, lo + j]`` goes through numba's wrap-around of negative indices, which makes every
+# address data-dependent (gathers), and every extra store adds run-time alias checks.
 #
 # llvmlite's pip wheels have no vector math library (SVML), so ``math.exp`` in a loop stays a
 # scalar libm call. For float32, ``exp_parts`` below is plain arithmetic that vectorises (16
