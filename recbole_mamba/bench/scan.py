@@ -46,6 +46,11 @@ def _seq(g: torch.Generator, batch: int, dim: int, length: int, layout: str) -> 
     return torch.randn(batch, dim, length, generator=g)
 
 
+def _grad_out(batch: int, dim: int, length: int, layout: str) -> torch.Tensor:
+    """The output gradient every run of one (batch, dim, L) shape gets, in ``layout``."""
+    return _seq(torch.Generator().manual_seed(1), batch, dim, length, layout)
+
+
 def _inputs(batch: int, dim: int, state: int, length: int, seed: int = 0,
             layout: str = "contiguous") -> list[torch.Tensor]:
     """u, delta, A, B, C, D, z, delta_bias for one scan; u, delta, z in ``layout``."""
@@ -89,7 +94,7 @@ def _measure_memory_child(op: str, batch: int, dim: int, state: int, length: int
     fn = selective_scan_cpu if op == "ours" else selective_scan_ref
     _run(fn, _inputs(2, 4, state, 70), torch.ones(2, 4, 70))  # compile / warm up, tiny
     base = _inputs(batch, dim, state, length, layout=layout)
-    grad_out = _seq(torch.Generator().manual_seed(1), batch, dim, length, layout)
+    grad_out = _grad_out(batch, dim, length, layout)
     args = _leaves(base)  # the inputs exist before the op: not counted
     before = status_bytes("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     _run(selective_scan_cpu, warm, torch.ones(2, 4, 70))
     for length in (int(x) for x in args.lengths.split(",")):
         base = _inputs(args.batch, args.dim, args.state, length, layout=args.layout)
-        grad_out = _seq(torch.Generator().manual_seed(1), args.batch, args.dim, length, args.layout)
+        grad_out = _grad_out(args.batch, args.dim, length, args.layout)
         ours_t, (out_a, grads_a) = _time(selective_scan_cpu, base, grad_out, args.repeats)
         elems = args.batch * length * args.dim * args.state
         run_ref = length <= args.skip_reference_above

@@ -130,17 +130,6 @@ def _step_gates(delta, z, b, t, lo, bvec, has_z, softplus, fast, dts, sig, zsig,
         _softplus_sigmoid_row(z[b, t, lo:lo + w], tmp, zsig, raw, fast, True)
 
 
-@njit(inline="always", fastmath=FASTMATH)
-def _decay(dts, a_row, out, fast):  # pragma: no cover - compiled
-    """out[j] = exp(dts[j] * a_row[j]) over the channels."""
-    if not fast:
-        for j in range(out.shape[0]):
-            out[j] = math.exp(dts[j] * a_row[j])
-        return
-    for j in range(out.shape[0]):
-        out[j] = exp32(dts[j] * a_row[j], out)
-
-
 @njit(inline="always")
 def _vectors(w, count, dtype):  # pragma: no cover - compiled
     """``count`` scratch vectors of ``w`` channels, as one (count, w) array."""
@@ -280,7 +269,8 @@ def _scan_bwd(u, delta, At, Bt, Ct, Dv, z, bias, has_d, has_z, has_bias, softplu
                             h_next[j] = hn
                             y_i[j] += hn * cn
                     else:
-                        _decay(dts, a_row, da_n, fast_exp)
+                        for j in range(w):
+                            da_n[j] = math.exp(dts[j] * a_row[j])
                         for j in range(w):
                             h_next[j] = da_n[j] * h_prev[j] + dtu[j] * bn
                         for j in range(w):
