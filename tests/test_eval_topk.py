@@ -31,6 +31,29 @@ def test_chunked_topk_equals_dense_topk(chunk):
     assert not torch.isin(got_i, torch.tensor([0])).any()
 
 
+@pytest.mark.parametrize("block, tile", [(4, 16), (5, 40), (13, 1 << 22)])
+def test_chunked_topk_tiles_over_queries_and_items(monkeypatch, block, tile):
+    """Query blocks and item tiles smaller than the call's chunk (the exclusions found per block and
+    tile, rows re-ranked only where a tile beats their k-th best) give the dense top-k."""
+    import recbole_mamba.ops.topk as topk_mod
+    monkeypatch.setattr(topk_mod, "USER_BLOCK", block)
+    monkeypatch.setattr(topk_mod, "TILE_SCORES", tile)
+    g = torch.Generator().manual_seed(1)
+    query, items = torch.randn(13, 8, generator=g, dtype=torch.float64), torch.randn(500, 8, generator=g, dtype=torch.float64)
+    rows = torch.randint(0, 13, (400,), generator=g)
+    ids = torch.randint(0, 500, (400,), generator=g)
+    # a query whose first tile is wholly excluded: its running list starts at -inf
+    rows = torch.cat([rows, torch.full((20,), 12)])
+    ids = torch.cat([ids, torch.arange(20)])
+    dense = query @ items.t()
+    dense[:, 0] = -torch.inf
+    dense[rows, ids] = -torch.inf
+    want_v, want_i = dense.topk(10, dim=1)
+    got_v, got_i = topk_mod.chunked_topk(query, items, 10, 100, exclude=(rows, ids), exclude_items=torch.tensor([0]))
+    assert torch.equal(got_i, want_i)
+    torch.testing.assert_close(got_v, want_v, rtol=1e-13, atol=1e-13)
+
+
 def test_chunked_topk_rejects_bad_arguments():
     q, w = torch.randn(2, 4), torch.randn(5, 4)
     with pytest.raises(ValueError, match=r"k must be in \[1, 5\]"):
