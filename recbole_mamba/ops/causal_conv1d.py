@@ -68,12 +68,11 @@ def _fwd(x, wt, bias, has_bias, silu, fast_exp, block, out):  # pragma: no cover
         b = item // nblocks
         t0 = (item % nblocks) * block
         neg = np.empty(nd, dtype=out.dtype)
-        ibuf = np.empty(nd, dtype=np.int32)
         for t in range(t0, min(length, t0 + block)):
             row = out[b, t]
             _pre(x, wt, bias, has_bias, b, t, row)
             if silu:
-                exp_row(like(-1.0, out), row, neg, ibuf, ibuf.view(np.float32), fast_exp)
+                exp_row(like(-1.0, out), row, neg, fast_exp)
                 for c in range(nd):
                     row[c] = row[c] / (one + neg[c])
 
@@ -94,13 +93,12 @@ def _bwd(x, wt, bias, has_bias, silu, fast_exp, block, dout, dx, dw_part, db_par
         t2 = min(length, t1 + width - 1)
         dpre = np.empty((t2 - t0, nd), dtype=dout.dtype)
         neg = np.empty(nd, dtype=dout.dtype)
-        ibuf = np.empty(nd, dtype=np.int32)
         for t in range(t0, t2):
             row = dpre[t - t0]
             g = dout[b, t]
             if silu:
                 _pre(x, wt, bias, has_bias, b, t, row)
-                exp_row(like(-1.0, dout), row, neg, ibuf, ibuf.view(np.float32), fast_exp)
+                exp_row(like(-1.0, dout), row, neg, fast_exp)
                 for c in range(nd):
                     sg = one / (one + neg[c])
                     row[c] = g[c] * sg * (one + row[c] * (one - sg))

@@ -53,8 +53,7 @@ def _update(x, state, weight, bias, has_bias, silu, fast_exp, out):  # pragma: n
             # SiLU over the whole row at once, through the vectorised exp (a scalar libm exp
             # per channel was half of this kernel's time)
             neg = np.empty(nd, dtype=out.dtype)
-            ibuf = np.empty(nd, dtype=np.int32)
-            exp_row(like(-1.0, out), acc_row, neg, ibuf, ibuf.view(np.float32), fast_exp)
+            exp_row(like(-1.0, out), acc_row, neg, fast_exp)
             one = like(1.0, out)
             for d in range(nd):
                 acc_row[d] = acc_row[d] / (one + neg[d])

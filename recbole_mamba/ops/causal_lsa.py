@@ -111,7 +111,7 @@ def _inverse(norm, out):  # pragma: no cover - compiled
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _softmax_rows(scores, arg, ibuf, fast):  # pragma: no cover - compiled
+def _softmax_rows(scores, arg, fast):  # pragma: no cover - compiled
     """In place, each row of scores (H, P) -> its softmax over P."""
     for h in range(scores.shape[0]):
         row = scores[h]
@@ -120,7 +120,7 @@ def _softmax_rows(scores, arg, ibuf, fast):  # pragma: no cover - compiled
             top = row[p] if row[p] > top else top
         for p in range(row.shape[0]):
             arg[p] = row[p] - top
-        exp_row(like(1.0, row), arg, row, ibuf, ibuf.view(np.float32), fast)
+        exp_row(like(1.0, row), arg, row, fast)
         tot = like(0.0, row)
         for p in range(row.shape[0]):
             tot += row[p]
@@ -169,7 +169,6 @@ def _lsa_fwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
         arg = np.empty(nint, dtype=q.dtype)
         sc = np.empty(nint, dtype=q.dtype)
         wt = np.empty(nint, dtype=q.dtype)
-        ibuf = np.empty(nint, dtype=np.int32)
         inv = np.empty((2, nint), dtype=q.dtype)
         probs = np.empty((n_heads, nint), dtype=q.dtype)
         mix = np.empty((n_heads, nint), dtype=q.dtype)
@@ -183,7 +182,7 @@ def _lsa_fwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
             for k in range(2):
                 logit, x = (lk[b, t], kx[b, t]) if k == 0 else (lv[b, t], vx[b, t])
                 pool_update(logit, x, top[k], norm[k], total[k], top[k], norm[k], total[k], arg, sc,
-                             wt, ibuf, fast)
+                             wt, fast)
             _inverse(norm[0], inv[0])
             _inverse(norm[1], inv[1])
             qt = q[b, t]
@@ -192,7 +191,7 @@ def _lsa_fwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
                 f = inv[0, p] * scale
                 for h in range(n_heads):
                     probs[h, p] = _seg_dot(keys, qt, h * dh, dh) * f
-            _softmax_rows(probs, arg, ibuf, fast)
+            _softmax_rows(probs, arg, fast)
             if save:
                 probs_out[b, t] = probs
             _mix(probs, b, t, length, has_drop, seed, thresh, drop_scale, factor, mix)
@@ -206,7 +205,7 @@ def _lsa_fwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
 
 @njit(inline="always", fastmath=FASTMATH)
 def _pool_backward(x, logit, top, norm, total, inv, grad, acc_g, acc_c, next_top, dx, dlogit,
-                   arg, dec, e, ibuf, fast):  # pragma: no cover - compiled
+                   arg, dec, e, fast):  # pragma: no cover - compiled
     """One position of one pooling's backward, for row b (arrays already indexed by b).
 
     top, norm (P,), total (P, D): the running state after position t; grad (P, D): dLoss/dK'_t;
@@ -219,8 +218,8 @@ def _pool_backward(x, logit, top, norm, total, inv, grad, acc_g, acc_c, next_top
         arg[p] = m - nt if (m != -np.inf and nt != -np.inf) else -np.inf
         e[p] = logit[p] - m if (m != -np.inf and logit[p] != -np.inf) else -np.inf
         next_top[p] = m
-    exp_or_zero(arg, dec, ibuf, fast)
-    exp_or_zero(e, e, ibuf, fast)
+    exp_or_zero(arg, dec, fast)
+    exp_or_zero(e, e, fast)
     dx[:] = 0
     for p in range(nint):
         f = inv[p]
@@ -262,7 +261,6 @@ def _lsa_bwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
         arg = np.empty(nint, dtype=q.dtype)
         sc = np.empty(nint, dtype=q.dtype)
         wt = np.empty(nint, dtype=q.dtype)
-        ibuf = np.empty(nint, dtype=np.int32)
         mix = np.empty((n_heads, nint), dtype=q.dtype)
         dmix = np.empty((n_heads, nint), dtype=q.dtype)
         factor = np.empty((n_heads, nint), dtype=q.dtype)
@@ -277,7 +275,7 @@ def _lsa_bwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
                 for k in range(2):
                     logit, x = (lk[b, t], kx[b, t]) if k == 0 else (lv[b, t], vx[b, t])
                     pool_update(logit, x, tops[i, k], norms[i, k], totals[i, k], tops[i + 1, k],
-                                 norms[i + 1, k], totals[i + 1, k], arg, sc, wt, ibuf, fast)
+                                 norms[i + 1, k], totals[i + 1, k], arg, sc, wt, fast)
             for i in range(steps, 0, -1):  # i: index of the state after position t
                 t = t0 + i - 1
                 _inverse(norms[i, 0], inv[0])
@@ -318,10 +316,10 @@ def _lsa_bwd(q, kx, vx, lk, lv, n_heads, scale, has_drop, seed, thresh, drop_sca
                         _seg_scale(ds, qt, gk, h * dh, dh)
                 _pool_backward(kx[b, t], lk[b, t], tops[i, 0], norms[i, 0], totals[i, 0], inv[0],
                                grad[0], acc_g[0], acc_c[0], next_top[0], dkx[b, t], dlk[b, t],
-                               arg, sc, wt, ibuf, fast)
+                               arg, sc, wt, fast)
                 _pool_backward(vx[b, t], lv[b, t], tops[i, 1], norms[i, 1], totals[i, 1], inv[1],
                                grad[1], acc_g[1], acc_c[1], next_top[1], dvx[b, t], dlv[b, t],
-                               arg, sc, wt, ibuf, fast)
+                               arg, sc, wt, fast)
 
 
 def _check(q, key_x, value_x, logit_k, logit_v, n_heads):

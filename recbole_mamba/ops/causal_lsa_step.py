@@ -77,15 +77,14 @@ def _lsa_step(q, key_x, value_x, logit_k, logit_v, top_k, norm_k, total_k, top_v
         arg = np.empty(nint, dtype=q.dtype)
         scale = np.empty(nint, dtype=q.dtype)
         weight = np.empty(nint, dtype=q.dtype)
-        ibuf = np.empty(nint, dtype=np.int32)
         probs = np.empty((n_heads, nint), dtype=q.dtype)
         inv_sqrt = like(1.0 / math.sqrt(head_dim), q)
         one = like(1.0, q)
         for b in range(blk * per_block, min(nb, (blk + 1) * per_block)):
             pool_update(logit_k[b], key_x[b], top_k[b], norm_k[b], total_k[b], top_k[b], norm_k[b],
-                        total_k[b], arg, scale, weight, ibuf, fast_exp)
+                        total_k[b], arg, scale, weight, fast_exp)
             pool_update(logit_v[b], value_x[b], top_v[b], norm_v[b], total_v[b], top_v[b], norm_v[b],
-                        total_v[b], arg, scale, weight, ibuf, fast_exp)
+                        total_v[b], arg, scale, weight, fast_exp)
             qh = q[b].reshape(n_heads, head_dim)
             keys = total_k[b].reshape(nint, n_heads, head_dim)
             for p in range(nint):
@@ -102,7 +101,7 @@ def _lsa_step(q, key_x, value_x, logit_k, logit_v, top_k, norm_k, total_k, top_v
                     top = srow[p] if srow[p] > top else top
                 for p in range(nint):
                     arg[p] = srow[p] - top
-                exp_row(one, arg, srow, ibuf, ibuf.view(np.float32), fast_exp)
+                exp_row(one, arg, srow, fast_exp)
                 tot = like(0.0, q)
                 for p in range(nint):
                     tot += srow[p]

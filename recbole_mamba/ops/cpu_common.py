@@ -30,11 +30,11 @@ CPU_DTYPES = (torch.float32, torch.float64)
 # address data-dependent (gathers), and every extra store adds run-time alias checks.
 #
 # llvmlite's pip wheels have no vector math library (SVML), so ``math.exp`` in a loop stays a
-# scalar libm call. For float32, ``exp_parts`` below is plain arithmetic that vectorises (16
-# float32 lanes with AVX-512): Cody-Waite range reduction, the Cephes ``expf`` polynomial, and
-# 2**k built in the exponent bits of an int32 buffer viewed as float32; max relative error
-# 8.1e-8 over [-87, 88] (under one float32 ulp). Every scalar in it stays float32 (see
-# ``like``). float64 (gradcheck) keeps ``math.exp``.
+# scalar libm call. For float32, ``exp32`` below is plain arithmetic that vectorises (16
+# float32 lanes with AVX-512) inside the caller's loop: Cody-Waite range reduction, the Cephes
+# ``expf`` polynomial, and 2**k built in the exponent bits of an int32 reinterpreted as float32
+# (an LLVM bitcast); max relative error 8.1e-8 over [-87, 88] (under one float32 ulp). Every
+# scalar in it stays float32 (see ``like``). float64 (gradcheck) keeps ``math.exp``.
 
 
 def like(x, ref):  # pragma: no cover - replaced by the overload inside compiled code
@@ -57,7 +57,7 @@ def _ol_like(x, ref):
 @njit(inline="always", fastmath=FASTMATH)
 def exp_parts(x, ref):  # pragma: no cover - compiled
     """float32 exp(x) as (p, bits): exp(x) = p * 2**k, ``bits`` the int32 pattern of the float32
-    2**k (the callers multiply by it in a second loop, over the bits viewed as float32)."""
+    2**k (:func:`exp32` multiplies by it)."""
     lo = like(-87.0, ref)
     hi = like(88.0, ref)
     x = lo if x < lo else x  # written so that NaN passes through
@@ -89,40 +89,38 @@ def _f32_from_bits(typingctx, bits):
 @njit(inline="always", fastmath=FASTMATH)
 def exp32(x, ref):  # pragma: no cover - compiled
     """exp(x) for float32 ``x`` as plain arithmetic that LLVM vectorises inside the caller's loop
-    (``exp_parts`` times 2**k built by a bitcast), so a loop can use the value at once instead of
-    staging it through an int32 buffer. Only for float32 (``ref`` a float32 array)."""
+    (``exp_parts`` times 2**k built by a bitcast), so a loop uses the value at once. Only for
+    float32 (``ref`` a float32 array)."""
     p, bits = exp_parts(x, ref)
     return p * _f32_from_bits(bits)
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def exp_row(dt, a_row, out, ibuf, fview, fast):  # pragma: no cover - compiled
-    """out[n] = exp(dt * a_row[n]) for every n (``fast``: the float32 polynomial, with ``ibuf``
-    an int32 scratch row and ``fview`` the same buffer viewed as float32)."""
-    if not fast:
+def exp_row(dt, a_row, out, fast):  # pragma: no cover - compiled
+    """out[n] = exp(dt * a_row[n]) for every n (``fast``: :func:`exp32`, for float32 rows; else
+    ``math.exp``). ``out`` may be ``a_row`` itself."""
+    if fast:
+        for n in range(a_row.shape[0]):
+            out[n] = exp32(dt * a_row[n], a_row)
+    else:
         for n in range(a_row.shape[0]):
             out[n] = math.exp(dt * a_row[n])
-        return
-    for n in range(a_row.shape[0]):
-        out[n], ibuf[n] = exp_parts(dt * a_row[n], a_row)
-    for n in range(a_row.shape[0]):
-        out[n] *= fview[n]
 
 
 # ---------------------------------------------------------------- the online softmax
 
 @njit(inline="always", fastmath=FASTMATH)
-def exp_or_zero(arg, out, ibuf, fast):  # pragma: no cover - compiled
+def exp_or_zero(arg, out, fast):  # pragma: no cover - compiled
     """out[p] = exp(arg[p]), exactly 0 where arg[p] is -inf (the fast exp clamps at -87)."""
     one = like(1.0, arg)
-    exp_row(one, arg, out, ibuf, ibuf.view(np.float32), fast)
+    exp_row(one, arg, out, fast)
     for p in range(arg.shape[0]):
         if arg[p] == -np.inf:
             out[p] = 0
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def pool_update(logit, x, top0, norm0, total0, top, norm, total, arg, scale, weight, ibuf,
+def pool_update(logit, x, top0, norm0, total0, top, norm, total, arg, scale, weight,
                  fast):  # pragma: no cover - compiled
     """Add one position to a row's online-softmax pooling (the causal LSA's interest pooling, in
     :mod:`~recbole_mamba.ops.causal_lsa` over a sequence and :mod:`~recbole_mamba.ops.causal_lsa_step`
@@ -142,8 +140,8 @@ def pool_update(logit, x, top0, norm0, total0, top, norm, total, arg, scale, wei
             arg[p] = old - new_top  # -inf while the pooling is empty
             weight[p] = lg - new_top
             top[p] = new_top
-    exp_or_zero(arg, scale, ibuf, fast)
-    exp_or_zero(weight, weight, ibuf, fast)
+    exp_or_zero(arg, scale, fast)
+    exp_or_zero(weight, weight, fast)
     for p in range(nint):
         norm[p] = norm0[p] * scale[p] + weight[p]
         row0 = total0[p]

@@ -48,8 +48,6 @@ def _update(state, x, dt, A, Bm, Cm, Dv, gate, has_d, has_gate, fast_exp, out): 
     nb, nd, nstate = state.shape
     for b in prange(nb):
         da = np.empty(nstate, dtype=state.dtype)
-        ibuf = np.empty(nstate, dtype=np.int32)
-        fview = ibuf.view(np.float32)
         brow = Bm[b]
         crow = Cm[b]
         zero = like(0.0, A)
@@ -57,7 +55,7 @@ def _update(state, x, dt, A, Bm, Cm, Dv, gate, has_d, has_gate, fast_exp, out): 
             step = dt[b, d]
             xt = x[b, d]
             dtx = step * xt
-            exp_row(step, A[d], da, ibuf, fview, fast_exp)
+            exp_row(step, A[d], da, fast_exp)
             h = state[b, d]
             for n in range(nstate):
                 h[n] = da[n] * h[n] + dtx * brow[n]
