@@ -3,7 +3,8 @@
 ``import recbole_mamba`` applies the compatibility fixes for recbole 1.2.1 on today's stack
 (:mod:`recbole_mamba.compat`) and registers the models (:mod:`recbole_mamba.registry`), so that
 RecBole's own entry points find ``MambaRec``, ``MoEMaTrRec`` and ``MLSA4Rec`` by name, and makes
-RecBole's checkpoints atomic and its runs resumable after a kill (:mod:`recbole_mamba.checkpoints`).
+RecBole's checkpoints atomic and its runs resumable after a kill (:mod:`recbole_mamba.checkpoints`);
+a trainer on the CPU keeps freed memory for reuse (:mod:`recbole_mamba.allocator`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from recbole_mamba import registry  # noqa: E402
 
 registry.register()
 
-from recbole_mamba import checkpoints, config_check, data_check, distributed, evaluation, optim  # noqa: E402
+from recbole_mamba import allocator, checkpoints, config_check, data_check, distributed, evaluation, optim  # noqa: E402
 
+allocator.install()
 checkpoints.install()
 distributed.install()
 config_check.install()

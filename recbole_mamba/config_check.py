@@ -121,6 +121,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval_filter_seen": BOOL,
     "train_exclude_seen": BOOL,
     "eval_item_chunk": int_at_least(1),
+    "keep_freed_memory": BOOL,
     "sparse_item_embedding": ((lambda v: v is True or v is False or v == "auto"), "True, False or auto"),
     "mamba_variant": one_of("attention", "block"),
     "mamba_backend": one_of("auto", "mamba_ssm", "triton", "cpu", "reference"),
@@ -161,6 +162,7 @@ def known_keys() -> frozenset[str]:
         "neg_sampling", "eval_setting", "valid_metric", "state", "n_negatives", "ss_sampling",
         "ss_in_batch", "ss_logq", "gbce_t", "train_batch_unit", "train_windows", "train_mode",
         "eval_filter_seen", "eval_item_chunk", "sparse_item_embedding", "train_exclude_seen",
+        "keep_freed_memory",
     })
     return frozenset(keys)
 

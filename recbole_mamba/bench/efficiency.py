@@ -83,11 +83,14 @@ def profile_markdown(model: str, length: int, rows: list[dict]) -> str:
 
 
 def _child(model: str, length: int, batch: int, steps: int, device: str,
-           memory_limit_gib: float | None = None, profile: int = 0) -> dict:
+           memory_limit_gib: float | None = None, profile: int = 0, keep_freed: bool = True) -> dict:
     """Child process: time and measure one (model, length); on CPU, ``memory_limit_gib`` caps
     what the steps may map beyond the built model; ``profile`` > 0 adds that many ops of a
-    profiled extra step."""
+    profiled extra step; ``keep_freed``: glibc keeps freed memory for reuse, as RecBole's trainer
+    does on CPU (:mod:`recbole_mamba.allocator`)."""
     import torch
+
+    from recbole_mamba.allocator import keep_freed_memory
 
     from recbole_mamba.bench.models import build_model_and_transform, random_sequences, training_batch
 
@@ -116,8 +119,10 @@ def _child(model: str, length: int, batch: int, steps: int, device: str,
         sync()
         return time.perf_counter() - tick
 
-    for _ in range(WARMUP_STEPS):  # kernels compiled, optimizer state and allocator pools in place
-        train_step()
+    # the first warm-up step loads the compiled kernels and builds the optimizer state; the peak
+    # is counted from after it, so that it covers what a step holds (the later warm-ups fill the
+    # allocator's reuse: CUDA's caching allocator, or glibc's heap under keep_freed_memory)
+    train_step()
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -126,6 +131,10 @@ def _child(model: str, length: int, batch: int, steps: int, device: str,
         before = status_bytes("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident size
+        if keep_freed:
+            keep_freed_memory()
+    for _ in range(WARMUP_STEPS - 1):
+        train_step()
     train_s = statistics.median(timed(train_step) for _ in range(steps))
     net.eval()
     with torch.no_grad():
@@ -140,10 +149,11 @@ def _child(model: str, length: int, batch: int, steps: int, device: str,
 
 
 def measure(model: str, length: int, batch: int, steps: int, device: str,
-            memory_limit_gib: float | None, timeout: float | None, profile: int = 0) -> dict:
+            memory_limit_gib: float | None, timeout: float | None, profile: int = 0,
+            keep_freed: bool = True) -> dict:
     """One row, measured in a child process; OOM and other failures become the row's status."""
     spec = json.dumps({"model": model, "length": length, "batch": batch, "steps": steps, "device": device,
-                       "memory_limit_gib": memory_limit_gib, "profile": profile})
+                       "memory_limit_gib": memory_limit_gib, "profile": profile, "keep_freed": keep_freed})
     row = {"model": model, "length": length, "batch": batch}
     try:
         run = subprocess.run([sys.executable, "-m", "recbole_mamba.bench.efficiency", "--child", spec],
@@ -287,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="also profile one training step per (model, length) and print its K ops with the most "
                         "self time (written to --out as profile.md)")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="CPU: leave glibc's malloc as it is (by default every model runs with freed memory kept "
+                        "for reuse, as RecBole's trainer does on CPU: recbole_mamba.allocator)")
     p.add_argument("--out", default=None, help="folder for efficiency.csv, efficiency.md, efficiency.png")
     p.add_argument("--replot", action="store_true",
                    help="redraw efficiency.md and efficiency.png from the --out folder's efficiency.csv")
@@ -298,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         spec = json.loads(argv[1])
         print(json.dumps(_child(spec["model"], spec["length"], spec["batch"], spec["steps"], spec["device"],
-                                spec.get("memory_limit_gib"), spec.get("profile", 0))))
+                                spec.get("memory_limit_gib"), spec.get("profile", 0), spec.get("keep_freed", True))))
         return 0
     p = build_parser()
     args = p.parse_args(argv)
@@ -332,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             for length in lengths:
                 row = measure(model, length, args.batch_size, args.steps, args.device,
-                              args.memory_limit_gib or None, args.timeout, args.profile)
+                              args.memory_limit_gib or None, args.timeout, args.profile, not args.system_malloc)
                 rows.append(row)
                 tag = f"round {r + 1}: " if args.rounds > 1 else ""
                 if row["status"] == "ok":
