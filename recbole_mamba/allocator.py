@@ -5,7 +5,7 @@ every step. glibc serves a block above its mmap threshold (adaptive, at most 32 
 with a fresh ``mmap`` and returns it with ``munmap`` when freed, so every step touches its large
 buffers for the first time again: a page fault and a zeroed 4 KiB page each. A MambaRec step at
 L=1000, batch 64 takes ~73,000 of them (~290 MiB); RecBole's SASRec at the same length more.
-:func:`keep_freed_memory` raises the mmap threshold to 1 GiB and the trim threshold to 4 GiB
+:func:`keep_freed_memory` raises the mmap threshold to 1 GiB and the trim threshold to 2 GiB
 (``mallopt``), so freed blocks stay in the heap and the next step reuses them: after the first
 steps a step takes no page faults. The cost is that the process keeps its peak heap mapped
 instead of handing freed memory back to the system.
