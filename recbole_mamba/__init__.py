@@ -35,13 +35,13 @@ registry.register()
 
 from recbole_mamba import allocator, checkpoints, config_check, data_check, distributed, evaluation, optim  # noqa: E402
 
-allocator.install()
 checkpoints.install()
 distributed.install()
 config_check.install()
 data_check.install()
 evaluation.install()
 optim.install()
+allocator.install()  # after distributed: its wrapper of AbstractTrainer.__init__ stays outermost
 
 from recbole_mamba.models import MambaRec, MLSA4Rec, MoEMaTrRec  # noqa: E402
 
