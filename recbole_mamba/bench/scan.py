@@ -35,6 +35,7 @@ import time
 
 import torch
 
+from recbole_mamba.allocator import keep_freed_memory
 from recbole_mamba.bench.proc import child_env, status_bytes
 from recbole_mamba.ops import selective_scan_cpu, selective_scan_ref
 
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layout", choices=("layer", "contiguous"), default="layer",
                    help="cpu: u, delta, z as the Mamba layer passes them (transposed views of "
                         "(B, L, D) tensors) or contiguous (B, D, L) (mamba-ssm's layout, copied first)")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (by default the timings run with freed memory kept "
+                        "for reuse, as RecBole's trainer does on CPU: recbole_mamba.allocator)")
     p.add_argument("--memory-child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.lengths is None:
@@ -239,13 +243,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.manual_seed(0)
     print(f"B={args.batch} D={args.dim} N={args.state} threads={torch.get_num_threads()}, "
-          f"forward+backward, float32, layout {args.layout}")
+          f"forward+backward, float32, layout {args.layout}, "
+          f"{'glibc malloc as it is' if args.system_malloc else 'freed memory kept for reuse'}")
     header = (f"{'L':>6} {'ours s':>8} {'ref s':>8} {'speedup':>8} {'ours elem/s':>12} "
               f"{'ours MiB':>9} {'ref MiB':>9} {'mem ratio':>9} {'max|diff|':>10}")
     print(header)
     # compile once, outside the timings
     warm = _inputs(2, 4, args.state, 70)
     _run(selective_scan_cpu, warm, torch.ones(2, 4, 70))
+    if not args.system_malloc:
+        keep_freed_memory()
     for length in (int(x) for x in args.lengths.split(",")):
         base = _inputs(args.batch, args.dim, args.state, length, layout=args.layout)
         grad_out = _grad_out(args.batch, args.dim, length, args.layout)
