@@ -12,7 +12,7 @@ bounds what the heap keeps. The cost is that the process keeps its peak heap map
 handing freed memory back to the system.
 
 Measured on 2 cores, L=1000, batch 64 (docs/benchmarks.md): MambaRec's step 0.60 s against
-0.79-1.05 s, at the same peak memory; RecBole's SASRec 9.4-11.5 s either way, its peak 4.6 against
+0.79-1.05 s, at the same peak memory; RecBole's SASRec 9.9-11.5 s either way, its peak 4.6 against
 4.0 GiB; MLSA4Rec unchanged.
 
 Written here rather than taken from a library: jemalloc and tcmalloc do the same but must be
