@@ -91,7 +91,6 @@ def _child(model: str, length: int, batch: int, steps: int, device: str,
     import torch
 
     from recbole_mamba.allocator import keep_freed_memory
-
     from recbole_mamba.bench.models import build_model_and_transform, random_sequences, training_batch
 
     net, transform = build_model_and_transform(model, length, device=device, train_mode="augment")
