@@ -87,6 +87,7 @@ def chunked_topk(query: torch.Tensor, items: torch.Tensor, k: int, chunk: int,
     for b0 in range(0, n, block):
         q = query[b0:b0 + block]
         m = q.shape[0]
+        base = (b0 // block) * n_items  # this block's exclusion keys start here
         best_v = best_i = None
         for start in range(0, n_items, width):
             stop = min(start + width, n_items)
@@ -96,12 +97,11 @@ def chunked_topk(query: torch.Tensor, items: torch.Tensor, k: int, chunk: int,
                 local = exclude_items[(exclude_items >= start) & (exclude_items < stop)] - start
                 scores[:, local] = float("-inf")
             if key is not None:
-                base = (b0 // block) * n_items
                 lo, hi = torch.searchsorted(key, torch.tensor([base + start, base + stop], device=device)).tolist()
                 if hi > lo:
                     scores[rows[lo:hi] - b0, ids[lo:hi] - start] = float("-inf")
             if best_v is None:  # the block's first tile has >= k items (width >= k, n_items >= k)
-                best_v, best_i = scores.topk(min(k, w), dim=1)
+                best_v, best_i = scores.topk(k, dim=1)
                 best_i += start
                 continue
             # only queries with a score above their k-th best can change their list
